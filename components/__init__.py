@@ -1,0 +1,1 @@
+"""SIIT library: pure Python, no Prefect, DVC or CLI imports."""

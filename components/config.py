@@ -1,0 +1,169 @@
+"""Strict configuration: `params.yaml` parsed into frozen pydantic models.
+
+A typo in a parameter file is an error, not a silent default (`extra="forbid"`).
+Every stage reads the whole file but only depends (in dvc.yaml) on its own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ColumnNames(Strict):
+    """Column names in the user's files, mapped onto the data contract."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = "rating"
+
+
+class FilesSource(Strict):
+    """User-provided interaction and item tables (CSV/TSV/Parquet/JSONL)."""
+
+    interactions: str = ""
+    items: str = ""
+    format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
+    columns: ColumnNames = ColumnNames()
+    text_columns: list[str] = Field(default_factory=lambda: ["title"])
+    title_column: str = "title"
+
+
+class AmazonSource(Strict):
+    """Amazon-reviews format: 5-core reviews + item metadata, JSON lines, optionally gzipped."""
+
+    reviews: str = ""
+    metadata: str = ""
+
+
+class SyntheticSource(Strict):
+    n_users: int = Field(300, gt=0)
+    n_items: int = Field(120, gt=1)
+    n_clusters: int = Field(6, gt=0)
+    mean_length: int = Field(16, gt=3)
+    drift: float = Field(0.15, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    source: Literal["movielens100k", "files", "amazon", "synthetic"] = "movielens100k"
+    files: FilesSource = FilesSource()
+    amazon: AmazonSource = AmazonSource()
+    synthetic: SyntheticSource = SyntheticSource()
+    min_sequence_length: int = Field(3, ge=3, description="users with fewer interactions are dropped")
+    max_history: int = Field(20, gt=0)
+
+
+class TokenizeConfig(Strict):
+    method: Literal["rqvae", "rqkmeans", "cid", "random"] = "random"
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2)
+    seed: int = 42
+    encoder: str = "all-MiniLM-L6-v2"
+    # RQ-VAE
+    rqvae_epochs: int = Field(200, ge=1)
+    rqvae_hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    rqvae_latent_dim: int = Field(32, ge=1)
+    rqvae_lr: float = Field(1e-3, gt=0)
+    rqvae_beta: float = Field(0.25, ge=0)
+    rqvae_batch_size: int = Field(256, gt=0)
+
+
+class ModelConfig(Strict):
+    profile: Literal["tiny", "pretrained"] = "tiny"
+    # tiny profile: Llama architecture trained from scratch
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    text_vocab_size: int = Field(1000, ge=100)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # pretrained profile
+    name_or_path: str = "smollm2-135m"
+    trust_remote_code: bool = False
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TaskWeights(Strict):
+    seqrec: float = Field(1.0, ge=0)
+    item2id: float = Field(0.0, ge=0)
+    id2item: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    tasks: TaskWeights = TaskWeights()
+    seed: int = 42
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
+
+
+class EvaluateConfig(Strict):
+    beam_size: int = Field(20, ge=1)
+    top_k: int = Field(10, ge=1)
+    exclude_seen: bool = True
+    batch_size: int = Field(128, gt=0)
+
+    @model_validator(mode="after")
+    def _beam_covers_top_k(self) -> EvaluateConfig:
+        if self.beam_size < self.top_k:
+            raise ValueError(f"evaluate.beam_size ({self.beam_size}) must be >= evaluate.top_k ({self.top_k})")
+        return self
+
+
+class TrackingConfig(Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "siit"
+    registered_model: str = "siit-recommender"
+
+
+class Params(Strict):
+    data: DataConfig = DataConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+class ConfigError(ValueError):
+    """A parameter file that does not match the schema."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: parameter file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid parameters"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The generative recommender: a causal LM whose vocabulary holds the identifier tokens."""

@@ -1,0 +1,88 @@
+"""Every prompt of every task, in one place, as token-id sequences.
+
+Identifiers are written as their code tokens directly (never re-tokenized from text), so
+a prompt is `text prefix ids + identifier ids + ...`. Labels are -100 except on response
+tokens: the loss covers the response only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE = -100
+
+SEQREC_PREFIX = "Recommend the next item after this history:"
+ITEM2ID_PREFIX = "Item: "
+ITEM2ID_SUFFIX = "\nIdentifier:"
+ID2ITEM_PREFIX = "Identifier: "
+ID2ITEM_SUFFIX = "\nTitle:"
+
+
+def template_texts() -> list[str]:
+    """Prompt text the tiny tokenizer must cover."""
+    return [SEQREC_PREFIX, ITEM2ID_PREFIX, ITEM2ID_SUFFIX, ID2ITEM_PREFIX, ID2ITEM_SUFFIX]
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+class PromptBuilder:
+    """Turns items, histories and identifiers into token ids for one tokenizer.
+
+    `item_tokens` is int [n_items, levels]: the vocabulary ids of each item's identifier.
+    """
+
+    def __init__(self, tokenizer, item_tokens: np.ndarray, max_text_tokens: int = 48) -> None:
+        self.tokenizer = tokenizer
+        self.item_tokens = np.asarray(item_tokens, dtype=np.int64)
+        self.max_text_tokens = max_text_tokens
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos = tokenizer.eos_token_id
+        self._seqrec_prefix = self.bos + self._encode(SEQREC_PREFIX)
+        self._id2item_prefix = self.bos + self._encode(ID2ITEM_PREFIX)
+        self._id2item_suffix = self._encode(ID2ITEM_SUFFIX)
+        self._item2id_suffix = self._encode(ITEM2ID_SUFFIX)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def identifier(self, item_idx: int) -> list[int]:
+        return self.item_tokens[item_idx].tolist()
+
+    # seqrec -------------------------------------------------------------------------
+    def seqrec_prompt(self, history: np.ndarray) -> list[int]:
+        """Prompt whose continuation is the next item's identifier."""
+        return self._seqrec_prefix + self.item_tokens[np.asarray(history)].reshape(-1).tolist()
+
+    def seqrec_window(self, window: np.ndarray, min_history: int = 1) -> Example:
+        """All next-item targets of a window in one sequence (causal LM, one pass).
+
+        Every item after the first `min_history` is a response to the items before it, so one
+        forward pass trains len(window) - min_history next-item predictions.
+        """
+        ids = self.item_tokens[np.asarray(window)]
+        n_prefix = len(self._seqrec_prefix)
+        input_ids = self._seqrec_prefix + ids.reshape(-1).tolist()
+        labels = [IGNORE] * (n_prefix + ids.shape[1] * min_history) + ids[min_history:].reshape(-1).tolist()
+        return Example(input_ids, labels)
+
+    # item2id ------------------------------------------------------------------------
+    def item2id_prompt(self, text: str) -> list[int]:
+        body = self._encode(ITEM2ID_PREFIX + text)[: self.max_text_tokens]
+        return self.bos + body + self._item2id_suffix
+
+    def item2id(self, text: str, item_idx: int) -> Example:
+        prompt = self.item2id_prompt(text)
+        target = self.identifier(item_idx)
+        return Example(prompt + target, [IGNORE] * len(prompt) + target)
+
+    # id2item ------------------------------------------------------------------------
+    def id2item(self, item_idx: int, title: str) -> Example:
+        prompt = self._id2item_prefix + self.identifier(item_idx) + self._id2item_suffix
+        target = self._encode(" " + title)[: self.max_text_tokens] + [self.eos]
+        return Example(prompt + target, [IGNORE] * len(prompt) + target)

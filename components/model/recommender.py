@@ -1,0 +1,114 @@
+"""The generative recommender bundle: causal LM + tokenizer + identifier-token table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from components.config import ModelConfig
+from components.io import atomic_dir
+from components.model.prompts import template_texts
+from components.model.text_tokenizer import fit_text_tokenizer
+from components.tokenizers import code_token
+
+META_FILE = "siit_model.json"
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class GenerativeRecommender:
+    model: torch.nn.Module
+    tokenizer: object
+    codebook_sizes: tuple[int, ...]
+    profile: str = "tiny"
+
+    def __post_init__(self) -> None:
+        tokens = [[code_token(lvl, c) for c in range(k)] for lvl, k in enumerate(self.codebook_sizes)]
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        unk = self.tokenizer.unk_token_id
+        if any(i is None or i == unk for level in ids for i in level):
+            raise ValueError("identifier tokens missing from the tokenizer vocabulary")
+        # code_token_ids[level][code] -> vocabulary id
+        self.code_token_ids = [torch.tensor(level, dtype=torch.long) for level in ids]
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def item_tokens(self, codes: np.ndarray) -> np.ndarray:
+        """Vocabulary ids of every item's identifier: int [n_items, levels]."""
+        codes = np.asarray(codes)
+        if codes.shape[1] != self.levels:
+            raise ValueError(f"token map has {codes.shape[1]} levels, the model {self.levels}")
+        return np.stack([self.code_token_ids[lvl].numpy()[codes[:, lvl]] for lvl in range(self.levels)], axis=1)
+
+    # construction -------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int) -> GenerativeRecommender:
+        if cfg.profile == "tiny":
+            return cls._create_tiny(cfg, codebook_sizes, texts, seed)
+        from components.model.pretrained import create_pretrained
+
+        model, tokenizer = create_pretrained(cfg, [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)])
+        return cls(model, tokenizer, tuple(codebook_sizes), profile="pretrained")
+
+    @classmethod
+    def _create_tiny(cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int) -> GenerativeRecommender:
+        tokenizer = fit_text_tokenizer(list(texts) + template_texts(), cfg.text_vocab_size)
+        tokenizer.add_tokens([code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)])
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=1024,
+            attention_dropout=cfg.dropout,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        return cls(model, tokenizer, tuple(codebook_sizes), profile="tiny")
+
+    # persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """safetensors weights + tokenizer + identifier metadata, written atomically."""
+        with atomic_dir(Path(path)) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            meta = {"codebook_sizes": list(self.codebook_sizes), "profile": self.profile}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | None = None) -> GenerativeRecommender:
+        path = Path(path)
+        meta_path = path / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{path}: not a saved generative recommender ({META_FILE} missing)")
+        meta = json.loads(meta_path.read_text())
+        if meta["profile"] == "pretrained":
+            from components.model.pretrained import load_pretrained
+
+            model, tokenizer = load_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+        model.to(device or pick_device())
+        return cls(model, tokenizer, tuple(meta["codebook_sizes"]), profile=meta["profile"])

@@ -1,0 +1,86 @@
+"""One model trained on one token map: epochs, validation, model selection, test.
+
+Step-wise on purpose: an orchestrator (the Prefect flow) calls `train_epoch` and
+`evaluate` as separate tasks and decides what to log; this module knows nothing of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from components.config import EvaluateConfig, TrainConfig
+from components.data import Dataset
+from components.evaluation import evaluate_ranking, recommend_generative
+from components.model.prompts import PromptBuilder
+from components.model.recommender import GenerativeRecommender
+from components.model.training import Trainer, length_bucketed_batches, task_examples
+
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainingSession:
+    rec: GenerativeRecommender
+    dataset: Dataset
+    codes: np.ndarray
+    train_cfg: TrainConfig
+    eval_cfg: EvaluateConfig
+    total_epochs: int
+    trainer: Trainer = field(init=False)
+    best_score: float = field(init=False, default=-1.0)
+    best_epoch: int = field(init=False, default=-1)
+    _best_state: dict[str, torch.Tensor] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.set_codes(self.codes)
+        steps = sum(-(-len(v) // self.train_cfg.batch_size) for v in self._examples(0).values())
+        self.trainer = Trainer(self.rec.model, self.train_cfg, steps_per_epoch=steps, total_epochs=self.total_epochs)
+
+    def set_codes(self, codes: np.ndarray) -> None:
+        """Switch the token map (SIIT refinement); the model's vocabulary is unchanged."""
+        self.codes = np.asarray(codes)
+        self.prompts = PromptBuilder(self.rec.tokenizer, self.rec.item_tokens(self.codes))
+
+    def _examples(self, epoch: int):
+        rng = np.random.default_rng([self.train_cfg.seed, epoch])
+        return task_examples(
+            self.prompts,
+            self.train_cfg.tasks,
+            train_sequences=self.dataset.train_sequences(),
+            texts=self.dataset.item_texts(),
+            titles=self.dataset.item_titles(),
+            max_history=self.dataset.max_history,
+            rng=rng,
+        )
+
+    def train_epoch(self) -> dict[str, float]:
+        epoch = self.trainer.epoch
+        examples = [e for task in self._examples(epoch).values() for e in task]
+        rng = np.random.default_rng([self.train_cfg.seed, epoch, 1])
+        torch.manual_seed(self.train_cfg.seed * 1000 + epoch)
+        pad = self.rec.tokenizer.pad_token_id or 0
+        stats = self.trainer.train_epoch(length_bucketed_batches(examples, self.train_cfg.batch_size, pad, rng))
+        return {"epoch": epoch, **stats}
+
+    def recommend(self, split: str) -> np.ndarray:
+        return recommend_generative(self.rec, self.codes, self.dataset.eval_split(split), self.eval_cfg)
+
+    def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
+        ranked = self.recommend(split)
+        return evaluate_ranking(ranked, self.dataset.eval_split(split)), ranked
+
+    def select(self, valid_metrics: dict[str, float]) -> bool:
+        """Keep the weights of the best validation epoch; True when this epoch is the new best."""
+        score = valid_metrics[SELECTION_METRIC]
+        if score <= self.best_score:
+            return False
+        self.best_score, self.best_epoch = score, self.trainer.epoch
+        self._best_state = {k: v.detach().clone() for k, v in self.rec.model.state_dict().items()}
+        return True
+
+    def restore_best(self) -> None:
+        if self._best_state is not None:
+            self.rec.model.load_state_dict(self._best_state)

@@ -1,0 +1,53 @@
+"""Where every stage reads and writes, relative to the project root (one place, used by dvc.yaml too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def embeddings_cache(self) -> Path:
+        return self.root / "data" / "embeddings"
+
+    @property
+    def token_maps(self) -> Path:
+        return self.root / "artifacts" / "token_maps"
+
+    @property
+    def initial_token_map(self) -> Path:
+        return self.token_maps / "initial.parquet"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "artifacts" / "models"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "artifacts" / "checkpoints"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def model_dir(self, name: str) -> Path:
+        return self.models / name
+
+    def model_report(self, name: str) -> Path:
+        """Per-model evaluation written by its training stage."""
+        return self.reports / "models" / f"{name}.json"
+
+    def model_recommendations(self, name: str) -> Path:
+        return self.reports / "models" / f"{name}_recommendations_test.parquet"

@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration of `components` (no ML logic here)."""

@@ -1,0 +1,55 @@
+"""`siit` console script: one sub-command per pipeline stage, plus results and recommendations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flows.env import configure_environment
+
+STAGES = ("prepare", "validate", "tokenize", "train", "report")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siit", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGES:
+        sub.add_parser(stage, help=f"run the '{stage}' stage as a Prefect flow")
+    sub.add_parser("show", help="print reports/metrics.json as a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_environment()
+    if args.command == "show":
+        return _show()
+    from components.config import ConfigError
+    from components.data import DataError
+    from components.tokenizers import TokenMapValidationError
+    from flows.pipeline import STAGE_FLOWS
+
+    try:
+        STAGE_FLOWS[args.command](params_file=args.params)
+    except (ConfigError, DataError, TokenMapValidationError, FileNotFoundError) as exc:
+        print(f"siit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _show() -> int:
+    from components.reporting import format_metrics_table
+
+    path = Path("reports/metrics.json")
+    if not path.exists():
+        print(f"{path} not found: run `dvc repro` first", file=sys.stderr)
+        return 1
+    print(format_metrics_table(json.loads(path.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The constrained decoder: never emits a non-item, and is exact when the beam is wide enough."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from components.model.decoding import PrefixTrie, constrained_beam_search
+
+LEVELS, K = 3, 4
+TEXT_VOCAB = 10  # ids 0..9 are "text"; level l code c is token 10 + l*K + c
+
+
+def code_token_ids() -> list[torch.Tensor]:
+    return [torch.arange(TEXT_VOCAB + lvl * K, TEXT_VOCAB + (lvl + 1) * K) for lvl in range(LEVELS)]
+
+
+def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=TEXT_VOCAB + LEVELS * K, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # sharpen the distribution so ties are impossible
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+def item_codes(n_items: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(K**LEVELS, n_items, replace=False)
+    return np.stack([flat // K**2, (flat // K) % K, flat % K], axis=1)
+
+
+def brute_force_scores(model, prompt: list[int], codes: np.ndarray) -> np.ndarray:
+    """Exact log-probability of every item's identifier after the prompt (teacher forcing)."""
+    ids = code_token_ids()
+    tokens = torch.stack([ids[lvl][torch.as_tensor(codes[:, lvl])] for lvl in range(LEVELS)], dim=1)
+    seqs = torch.cat([torch.tensor(prompt).repeat(len(codes), 1), tokens], dim=1)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=seqs).logits.float(), dim=-1)
+    start = len(prompt) - 1
+    picked = logp[:, start : start + LEVELS].gather(2, tokens[..., None])[..., 0]
+    return picked.sum(1).numpy()
+
+
+def test_trie_tables_map_identifiers_to_items() -> None:
+    codes = np.array([[0, 1, 2], [0, 1, 3], [3, 0, 0]])
+    trie = PrefixTrie.from_codes(codes, (K, K, K))
+    for item, (a, b, c) in enumerate(codes):
+        node1 = int(trie.children[0][0, a])
+        node2 = int(trie.children[1][node1, b])
+        assert int(trie.children[2][node2, c]) == item
+    assert int((trie.children[0] >= 0).sum()) == 2  # two distinct first codes
+    with pytest.raises(ValueError, match="not a bijection"):
+        PrefixTrie.from_codes(np.array([[0, 1, 2], [0, 1, 2]]), (K, K, K))
+
+
+def test_wide_beam_returns_the_exact_top_k_with_exclusions() -> None:
+    model, codes = tiny_lm(), item_codes(25)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 1]]  # different lengths: left padding is exercised
+    seen = [np.array([0, 3]), np.array([], dtype=np.int64), np.array([5])]
+    exclude = torch.zeros((3, len(codes)), dtype=torch.bool)
+    for row, items in enumerate(seen):
+        exclude[row, items] = True
+    res = constrained_beam_search(
+        model, prompts, code_token_ids(), trie, beam_size=len(codes), top_k=10, exclude=exclude
+    )
+    for row, prompt in enumerate(prompts):
+        scores = brute_force_scores(model, prompt, codes)
+        scores[seen[row]] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[:10]
+        assert res.leaves[row].tolist() == expected.tolist()
+        np.testing.assert_allclose(res.scores[row].numpy(), scores[expected], rtol=1e-4, atol=1e-4)
+        assert (res.codes[row].numpy() == codes[expected]).all()
+
+
+def test_narrow_beam_only_emits_existing_unseen_items() -> None:
+    model, codes = tiny_lm(1), item_codes(40, seed=1)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    exclude = torch.zeros((2, len(codes)), dtype=torch.bool)
+    exclude[:, :20] = True
+    res = constrained_beam_search(model, [[1, 2], [3]], code_token_ids(), trie, beam_size=3, top_k=3, exclude=exclude)
+    leaves = res.leaves.numpy()
+    assert ((leaves >= 20) | (leaves == -1)).all()
+    for row in range(2):
+        for item, code in zip(leaves[row], res.codes[row].numpy(), strict=True):
+            if item >= 0:
+                assert (codes[item] == code).all()
+
+
+def test_fewer_items_than_k_pads_with_minus_one() -> None:
+    model, codes = tiny_lm(), item_codes(4)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    res = constrained_beam_search(model, [[1]], code_token_ids(), trie, beam_size=10, top_k=6)
+    leaves = res.leaves[0].tolist()
+    assert sorted(x for x in leaves if x >= 0) == [0, 1, 2, 3]
+    assert leaves[4:] == [-1, -1]
+    assert torch.isinf(res.scores[0, 4:]).all()
+
+
+def test_batched_equals_one_at_a_time() -> None:
+    model, codes = tiny_lm(2), item_codes(30, seed=2)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    prompts = [[1, 2, 3, 4], [5], [6, 7]]
+    batched = constrained_beam_search(model, prompts, code_token_ids(), trie, beam_size=5, top_k=5)
+    for row, prompt in enumerate(prompts):
+        single = constrained_beam_search(model, [prompt], code_token_ids(), trie, beam_size=5, top_k=5)
+        assert single.leaves[0].tolist() == batched.leaves[row].tolist()
+
+
+def test_unconstrained_trie_allows_any_well_formed_identifier() -> None:
+    model = tiny_lm(3)
+    trie = PrefixTrie.unconstrained((K,) * LEVELS)
+    res = constrained_beam_search(model, [[1, 2]], code_token_ids(), trie, beam_size=K**LEVELS, top_k=5)
+    all_codes = np.array([[a, b, c] for a in range(K) for b in range(K) for c in range(K)])
+    scores = brute_force_scores(model, [1, 2], all_codes)
+    expected = all_codes[np.argsort(-scores, kind="stable")[:5]]
+    assert (res.codes[0].numpy() == expected).all()
