@@ -22,7 +22,7 @@ $(BIN)/siit: pyproject.toml
 install: $(BIN)/siit ## create .venv and install the project (torch pinned to the CPU build)
 
 run: install ## reproduce the pipeline (dvc repro) and print the results table
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/siit repro
 	@echo
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/siit show
 

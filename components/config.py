@@ -58,7 +58,7 @@ class DataConfig(Strict):
     files: FilesSource = FilesSource()
     amazon: AmazonSource = AmazonSource()
     synthetic: SyntheticSource = SyntheticSource()
-    min_sequence_length: int = Field(3, ge=3, description="users with fewer interactions are dropped")
+    min_sequence_length: int = Field(3, ge=3, description="users with fewer interactions fail validation")
     max_history: int = Field(20, gt=0)
 
 

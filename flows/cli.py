@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the '{stage}' stage as a Prefect flow")
     sub.add_parser("show", help="print reports/metrics.json as a table")
+    repro = sub.add_parser("repro", help="`dvc repro` with one local Prefect server for all stages")
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed to dvc repro")
     return parser
 
 
@@ -27,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     if args.command == "show":
         return _show()
+    if args.command == "repro":
+        from flows.server import run_with_server
+
+        dvc = str(Path(sys.executable).parent / "dvc")
+        return run_with_server([dvc, "repro", *args.dvc_args], Path(os.environ["PREFECT_HOME"]))
     from components.config import ConfigError
     from components.data import DataError
     from components.tokenizers import TokenMapValidationError

@@ -100,7 +100,15 @@ def constrained_beam_search(
         input_ids[row, width_t - len(prompt) :] = torch.tensor(prompt, device=device)
         attention[row, width_t - len(prompt) :] = 1
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
+    # Equal-length prompts need no mask, which keeps SDPA on its fast causal path.
+    padded = bool((lengths != width_t).any())
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention if padded else None,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     cache = _output_cache(out)
     next_pos = lengths.clone()
@@ -141,7 +149,7 @@ def constrained_beam_search(
         tokens = token_ids[lvl][code].view(-1, 1)
         out = model(
             input_ids=tokens,
-            attention_mask=attention,
+            attention_mask=attention if padded else None,
             position_ids=next_pos[:, None],
             use_cache=True,
             logits_to_keep=1,

@@ -1,0 +1,75 @@
+"""A local Prefect server shared by many flow runs.
+
+Without PREFECT_API_URL every `siit <stage>` process starts (and stops) a temporary
+server, about 10 s each. `siit repro` and the tests start one server for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_prefect_server(home: Path, timeout_s: float = 120) -> Iterator[str]:
+    """Start `prefect server start` on 127.0.0.1 and yield its API URL until the block ends."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    prefect = Path(sys.executable).parent / "prefect"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            _wait_healthy(url, proc, log_path, timeout_s)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Prefect server did not start; last log lines:\n{log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def run_with_server(command: list[str], home: Path) -> int:
+    """Run `command` with PREFECT_API_URL pointing at a fresh local server (unless one is set)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return subprocess.call(command)
+    with local_prefect_server(home) as url:
+        return subprocess.call(command, env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)})
