@@ -63,7 +63,7 @@ class DataConfig(Strict):
 
 
 class TokenizeConfig(Strict):
-    method: Literal["rqvae", "rqkmeans", "cid", "random"] = "random"
+    method: Literal["rqvae", "rqkmeans", "cid", "random"] = "rqvae"
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
     seed: int = 42
@@ -104,12 +104,12 @@ class ModelConfig(Strict):
 
 class TaskWeights(Strict):
     seqrec: float = Field(1.0, ge=0)
-    item2id: float = Field(0.0, ge=0)
+    item2id: float = Field(1.0, ge=0)
     id2item: float = Field(0.0, ge=0)
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(6, ge=1, description="total epoch budget (all rounds)")
     batch_size: int = Field(64, gt=0)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -118,6 +118,20 @@ class TrainConfig(Strict):
     tasks: TaskWeights = TaskWeights()
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
+
+
+class SiitConfig(Strict):
+    """Self-improving rounds. `train.epochs` is the total budget of both static and SIIT runs:
+    it is cut into `rounds + 1` equal segments, with a refinement after each but the last."""
+
+    rounds: int = Field(2, ge=0)
+    candidates: int = Field(10, ge=1, description="top-B identifiers kept per item")
+    beam_size: int = Field(20, ge=1)
+    diversity: float = Field(0.5, ge=0, description="load-aware penalty strength; 0 = off")
+    assignment: Literal["greedy", "exact"] = "greedy"
+    max_churn: float = Field(1.0, gt=0, le=1, description="cap on the fraction of items changing per round")
+    min_churn: float = Field(0.01, ge=0, le=1, description="stop refining once churn falls below")
+    batch_size: int = Field(128, gt=0)
 
 
 class EvaluateConfig(Strict):
@@ -144,8 +158,23 @@ class Params(Strict):
     tokenize: TokenizeConfig = TokenizeConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    siit: SiitConfig = SiitConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _epochs_split_into_rounds(self) -> Params:
+        segments = self.siit.rounds + 1
+        if self.train.epochs % segments:
+            raise ValueError(
+                f"train.epochs ({self.train.epochs}) must be a multiple of siit.rounds + 1 ({segments}): "
+                "each round trains the same number of epochs"
+            )
+        return self
+
+    def round_epochs(self) -> list[int]:
+        """Epochs trained in each round (round 0 uses the initial map)."""
+        return [self.train.epochs // (self.siit.rounds + 1)] * (self.siit.rounds + 1)
 
 
 class ConfigError(ValueError):

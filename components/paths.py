@@ -28,7 +28,12 @@ class Paths:
 
     @property
     def initial_token_map(self) -> Path:
-        return self.token_maps / "initial.parquet"
+        return self.root / "artifacts" / "tokenize" / "token_map.parquet"
+
+    @property
+    def siit_token_maps(self) -> Path:
+        """round_000.parquet (the initial map) ... round_R.parquet of the SIIT run."""
+        return self.token_maps
 
     @property
     def models(self) -> Path:
@@ -48,6 +53,9 @@ class Paths:
     def model_report(self, name: str) -> Path:
         """Per-model evaluation written by its training stage."""
         return self.reports / "models" / f"{name}.json"
+
+    def rounds_csv(self, name: str) -> Path:
+        return self.reports / "rounds.csv" if name == "siit" else self.reports / "models" / f"{name}_rounds.csv"
 
     def model_recommendations(self, name: str) -> Path:
         return self.reports / "models" / f"{name}_recommendations_test.parquet"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from components.metrics import METRIC_NAMES
 
-MODEL_ORDER = {"popularity": 0, "sasrec": 1, "generative": 2, "static": 3, "siit": 4}
+MODEL_ORDER = {"popularity": 0, "sasrec": 1, "static": 2, "siit": 3}
 
 
 def format_metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -33,15 +33,21 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @contextmanager
 def start_run(
-    cfg: TrackingConfig, run_name: str, *, tags: Mapping[str, str] | None = None, nested: bool = False
+    cfg: TrackingConfig,
+    run_name: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
-    """An MLflow run (nested under the active one when `nested`)."""
+    """An MLflow run (nested under the active one when `nested`; `run_id` resumes one)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
     if not nested:
         mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {})) as run:
+    kwargs = {"run_id": run_id} if run_id else {"run_name": run_name, "tags": dict(tags or {})}
+    with mlflow.start_run(nested=nested, **kwargs) as run:
         yield run
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flows.env import configure_environment
 
-STAGES = ("prepare", "validate", "tokenize", "train", "report")
+STAGES = ("prepare", "validate", "tokenize", "train_static", "train_siit", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,14 +38,31 @@ def main(argv: list[str] | None = None) -> int:
     from components.config import ConfigError
     from components.data import DataError
     from components.tokenizers import TokenMapValidationError
-    from flows.pipeline import STAGE_FLOWS
-
     try:
-        STAGE_FLOWS[args.command](params_file=args.params)
+        _run_stage(args.command, args.params)
     except (ConfigError, DataError, TokenMapValidationError, FileNotFoundError) as exc:
         print(f"siit {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_stage(stage: str, params_file: str) -> None:
+    if stage in ("prepare", "validate"):
+        from flows.data import prepare_flow, validate_flow
+
+        (prepare_flow if stage == "prepare" else validate_flow)(params_file=params_file)
+    elif stage == "tokenize":
+        from flows.tokenize import tokenize_flow
+
+        tokenize_flow(params_file=params_file)
+    elif stage.startswith("train_"):
+        from flows.train import train_flow
+
+        train_flow(mode=stage.removeprefix("train_"), params_file=params_file)
+    else:
+        from flows.report import report_flow
+
+        report_flow(params_file=params_file)
 
 
 def _show() -> int:

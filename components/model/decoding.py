@@ -160,3 +160,22 @@ def constrained_beam_search(
         next_pos = next_pos + 1
     leaves = nodes.masked_fill(~torch.isfinite(scores), -1)
     return BeamResult(codes=codes, scores=scores, leaves=leaves)
+
+
+@torch.no_grad()
+def sequence_log_probs(
+    model: torch.nn.Module, prompts: list[list[int]], continuations: torch.Tensor, pad_id: int = 0
+) -> torch.Tensor:
+    """Summed log-probability of each continuation (long [batch, L]) after its prompt."""
+    device = next(model.parameters()).device
+    batch, levels = continuations.shape
+    seqs = [p + c for p, c in zip(prompts, continuations.tolist(), strict=True)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+    for row, seq in enumerate(seqs):  # right padding: causal attention ignores it
+        ids[row, : len(seq)] = torch.tensor(seq, device=device)
+    logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+    starts = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    pos = starts[:, None] + torch.arange(levels, device=device)[None, :]
+    picked = logp[torch.arange(batch, device=device)[:, None], pos, continuations.to(device)]
+    return picked.sum(dim=1)

@@ -18,8 +18,6 @@ from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
 from components.model.training import Trainer, length_bucketed_batches, task_examples
 
-SELECTION_METRIC = "ndcg@10"
-
 
 @dataclass
 class TrainingSession:
@@ -30,9 +28,6 @@ class TrainingSession:
     eval_cfg: EvaluateConfig
     total_epochs: int
     trainer: Trainer = field(init=False)
-    best_score: float = field(init=False, default=-1.0)
-    best_epoch: int = field(init=False, default=-1)
-    _best_state: dict[str, torch.Tensor] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.set_codes(self.codes)
@@ -71,16 +66,3 @@ class TrainingSession:
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         ranked = self.recommend(split)
         return evaluate_ranking(ranked, self.dataset.eval_split(split)), ranked
-
-    def select(self, valid_metrics: dict[str, float]) -> bool:
-        """Keep the weights of the best validation epoch; True when this epoch is the new best."""
-        score = valid_metrics[SELECTION_METRIC]
-        if score <= self.best_score:
-            return False
-        self.best_score, self.best_epoch = score, self.trainer.epoch
-        self._best_state = {k: v.detach().clone() for k, v in self.rec.model.state_dict().items()}
-        return True
-
-    def restore_best(self) -> None:
-        if self._best_state is not None:
-            self.rec.model.load_state_dict(self._best_state)

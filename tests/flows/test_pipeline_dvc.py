@@ -21,7 +21,8 @@ TINY_PARAMS = {
     "data": {"source": "synthetic", "synthetic": {"n_users": 80, "n_items": 40, "n_clusters": 4, "mean_length": 10}},
     "tokenize": {"method": "random", "codebook_size": 8},
     "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "text_vocab_size": 300},
-    "train": {"epochs": 1, "batch_size": 32},
+    "train": {"epochs": 2, "batch_size": 32},
+    "siit": {"rounds": 1, "candidates": 4, "beam_size": 8},
     "evaluate": {"beam_size": 10, "top_k": 10},
 }
 
@@ -74,25 +75,28 @@ def ran_stages(output: str) -> list[str]:
 def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     first = run([str(BIN / "dvc"), "repro"], root, env)
-    assert ran_stages(first.stdout) == ["prepare", "validate", "tokenize", "train", "report"]
+    assert ran_stages(first.stdout)[:3] == ["prepare", "validate", "tokenize"]
+    assert set(ran_stages(first.stdout)[3:5]) == {"train_static", "train_siit"}
+    assert ran_stages(first.stdout)[5:] == ["report"]
 
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert set(metrics) >= {"generative", "popularity"}
-    for model in ("generative", "popularity"):
+    assert set(metrics) == {"popularity", "static", "siit", "improvement"}
+    assert set(metrics["improvement"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "average"}
+    for model in ("popularity", "static", "siit"):
         for split in ("valid", "test"):
             assert set(metrics[model][split]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
             assert all(0.0 <= v <= 1.0 for v in metrics[model][split].values())
 
     recs = pl.read_parquet(root / "reports/recommendations_test.parquet")
     assert recs.columns == ["model", "user_id", "rank", "item_id"]
-    assert set(recs["model"]) == {"generative", "popularity"}
+    assert set(recs["model"]) == {"popularity", "static", "siit"}
     assert recs["rank"].min() == 1 and recs["rank"].max() == 10
     items = set(pl.read_parquet(root / "data/processed/items.parquet")["item_id"])
     assert set(recs["item_id"]) <= items  # the decoder never emits a non-item
 
     with sqlite3.connect(root / "mlflow.db") as db:
         runs = {name for (name,) in db.execute("select name from runs")}
-        assert {"tokenize", "generative", "report"} <= runs
+        assert {"tokenize", "static", "siit", "siit-round-0", "siit-round-1", "report"} <= runs
         metric_keys = {k for (k,) in db.execute("select distinct key from metrics")}
         assert "train/loss" in metric_keys and "test/ndcg_at_10" in metric_keys
 
@@ -105,7 +109,12 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
     params["train"]["lr"] = 0.002
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run([str(BIN / "dvc"), "repro"], root, env)
-    assert ran_stages(third.stdout) == ["train", "report"]
+    assert set(ran_stages(third.stdout)) == {"train_static", "train_siit", "report"}
+
+    maps = sorted(p.name for p in (root / "artifacts/token_maps").iterdir())
+    assert maps == ["round_000.parquet", "round_001.parquet"]
+    rounds = pl.read_csv(root / "reports/rounds.csv")
+    assert rounds["round"].to_list() == [0, 1] and "churn" in rounds.columns
 
 
 def test_validation_failure_stops_and_writes_nothing(project: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Self-Improving Item Tokenization: the model re-derives every item's identifier."""

@@ -1,0 +1,123 @@
+"""Collision-free assignment of refined identifiers.
+
+Every item has B scored candidates plus its current identifier. Identifiers must stay
+unique; the total score is maximised best-first (greedy) or exactly (min-weight full
+bipartite matching). An item that finds no free candidate keeps its identifier: that is
+always possible because the current map is a bijection (an item that took someone's
+current identifier gives it back and falls back to its own, recursively).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+
+def _keys(codes: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """One integer per identifier (mixed radix), for fast set operations."""
+    keys = np.zeros(codes.shape[:-1], dtype=np.int64)
+    for level, size in enumerate(sizes):
+        keys = keys * size + codes[..., level]
+    return keys
+
+
+def assign_identifiers(
+    current: np.ndarray,
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    current_scores: np.ndarray,
+    codebook_sizes: tuple[int, ...],
+    method: Literal["greedy", "exact"] = "greedy",
+    max_churn: float = 1.0,
+) -> np.ndarray:
+    """New codes [n, L]: unique, each an item's candidate or its current identifier.
+
+    current: int [n, L]; candidates: int [n, B, L] with scores [n, B] (-inf = none);
+    current_scores: [n], the model's score of each current identifier;
+    max_churn caps the fraction of items whose identifier changes (largest gains first).
+    """
+    n, n_cand, _ = candidates.shape
+    all_codes = np.concatenate([candidates, current[:, None, :]], axis=1)  # current = last option
+    all_scores = np.concatenate([scores, current_scores[:, None]], axis=1)
+    keys = _keys(all_codes, codebook_sizes)
+    current_keys = keys[:, -1]
+    if method == "greedy":
+        choice = _greedy(keys, all_scores)
+    elif method == "exact":
+        choice = _exact(keys, all_scores)
+    else:
+        raise ValueError(f"unknown assignment method {method!r}; expected 'greedy' or 'exact'")
+    chosen = keys[np.arange(n), choice]
+    changed = chosen != current_keys
+    limit = int(np.floor(max_churn * n))
+    if changed.sum() > limit:  # keep the largest gains only
+        gains = np.where(changed, all_scores[np.arange(n), choice] - current_scores, -np.inf)
+        keep_changed = np.argsort(-gains, kind="stable")[:limit]
+        revert = changed.copy()
+        revert[keep_changed] = False
+        choice = _fall_back(choice, keys, revert)
+    return all_codes[np.arange(n), choice]
+
+
+def _greedy(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Best-first over all (item, candidate) pairs; leftovers keep their identifier."""
+    n, width = keys.shape
+    choice = np.full(n, -1, dtype=np.int64)
+    taken: set[int] = set()
+    order = np.argsort(-scores, axis=None, kind="stable")
+    for flat in order:
+        item, cand = divmod(int(flat), width)
+        if choice[item] >= 0 or not np.isfinite(scores[item, cand]):
+            continue
+        key = int(keys[item, cand])
+        if key in taken:
+            continue
+        choice[item] = cand
+        taken.add(key)
+    unassigned = choice < 0
+    choice[unassigned] = width - 1
+    return _fall_back(choice, keys, unassigned)
+
+
+def _fall_back(choice: np.ndarray, keys: np.ndarray, revert: np.ndarray) -> np.ndarray:
+    """Send `revert` items back to their current identifier, evicting whoever holds it."""
+    choice = choice.copy()
+    width = keys.shape[1]
+    n = len(choice)
+    holder = {int(keys[i, choice[i]]): i for i in range(n) if not revert[i]}
+    queue = list(np.flatnonzero(revert))
+    while queue:
+        item = int(queue.pop())
+        choice[item] = width - 1
+        own = int(keys[item, -1])
+        other = holder.get(own)
+        holder[own] = item
+        if other is not None and other != item:
+            queue.append(other)  # it loses the identifier and goes home too
+    return choice
+
+
+def _exact(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Maximum total score over all unique assignments (sparse bipartite matching)."""
+    n, width = keys.shape
+    finite = np.isfinite(scores)
+    rows = np.repeat(np.arange(n), width)[finite.ravel()]
+    flat_keys = keys.ravel()[finite.ravel()]
+    uniq, cols = np.unique(flat_keys, return_inverse=True)
+    vals = scores.ravel()[finite.ravel()]
+    # positive weights (zeros would read as missing edges); maximise the sum of scores
+    weights = vals - vals.min() + 1.0
+    # a candidate equal to the current identifier gives two edges: keep the better one
+    order = np.lexsort((-weights, cols, rows))
+    rows, cols, weights = rows[order], cols[order], weights[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    graph = csr_matrix((weights[first], (rows[first], cols[first])), shape=(n, len(uniq)))
+    _, col_of_row = min_weight_full_bipartite_matching(graph, maximize=True)
+    matched_keys = uniq[col_of_row]
+    # the option (candidate index) that carries the matched identifier with the best score
+    options = np.where(keys == matched_keys[:, None], scores, -np.inf)
+    return options.argmax(axis=1)

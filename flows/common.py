@@ -1,0 +1,37 @@
+"""Pieces shared by the stage flows."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from components.config import Params
+from components.data import Dataset
+from components.paths import Paths
+
+IO = {"retries": 2, "retry_delay_seconds": 2}  # retries on I/O only
+
+
+@task(name="load-dataset", cache_policy=NO_CACHE, **IO)
+def load_dataset_task(paths: Paths) -> Dataset:
+    return Dataset.read(paths.processed)
+
+
+def set_threads(params: Params) -> None:
+    if params.train.threads:
+        import torch
+
+        torch.set_num_threads(params.train.threads)
+
+
+def scalars(stats: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested stats dict with dotted names (MLflow metrics are flat)."""
+    out: dict[str, float] = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, list):
+            out.update({f"{prefix}{key}.{i}": float(v) for i, v in enumerate(value) if isinstance(v, int | float)})
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out

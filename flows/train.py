@@ -1,0 +1,196 @@
+"""Training stages: `static` (initial map frozen) and `siit` (self-improving rounds).
+
+Both train the same epoch budget from the same seed and map; they differ only in the
+refinement after each round. Each round is a set of Prefect tasks and a nested MLflow run;
+a checkpoint after every round lets a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from components import tracking
+from components.config import Params, load_params
+from components.data import Dataset
+from components.evaluation import recommendations_frame
+from components.io import atomic_dir, atomic_write_json, atomic_write_parquet
+from components.model.recommender import GenerativeRecommender, pick_device
+from components.model.session import TrainingSession
+from components.paths import Paths
+from components.siit.checkpoint import RunCheckpoint, RunState
+from components.siit.fingerprint import run_fingerprint
+from components.siit.refine import refine_identifiers
+from components.tokenizers import TokenMap, validate_token_map
+from flows.common import IO, load_dataset_task, scalars, set_threads
+
+Mode = Literal["static", "siit"]
+
+
+@task(name="build-model", cache_policy=NO_CACHE)
+def build_session_task(dataset: Dataset, token_map: TokenMap, params: Params, ckpt: RunCheckpoint, resume: RunState | None) -> TrainingSession:
+    if resume is None:
+        rec = GenerativeRecommender.create(
+            params.model, token_map.codebook_sizes, dataset.item_texts() + dataset.item_titles(), seed=params.train.seed
+        )
+        rec.model.to(pick_device())
+        codes = token_map.codes
+    else:
+        rec = GenerativeRecommender.load(ckpt.model_dir())
+        codes = ckpt.codes()
+    session = TrainingSession(rec, dataset, codes, params.train, params.evaluate, params.train.epochs)
+    if resume is not None:
+        session.trainer.load_state_dict(ckpt.trainer_state())
+    return session
+
+
+@task(name="train-epoch", cache_policy=NO_CACHE)
+def train_epoch_task(session: TrainingSession) -> dict[str, float]:
+    return session.train_epoch()
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(session: TrainingSession, split: str) -> tuple[dict[str, float], np.ndarray]:
+    return session.evaluate(split)
+
+
+@task(name="refine-identifiers", cache_policy=NO_CACHE)
+def refine_task(session: TrainingSession, params: Params, round_index: int) -> tuple[np.ndarray, dict]:
+    return refine_identifiers(
+        session.rec, session.dataset.item_texts(), session.codes, params.siit, seed=params.train.seed * 100 + round_index
+    )
+
+
+@task(name="save-checkpoint", cache_policy=NO_CACHE, **IO)
+def checkpoint_task(ckpt: RunCheckpoint, state: RunState, session: TrainingSession, maps: dict[str, bytes], best) -> None:
+    ckpt.save(state, session.rec, session.trainer.state_dict(), session.codes, maps, best)
+
+
+@flow(name="train")
+def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str = ".") -> str:
+    """Train one generative recommender; select the round on validation; test once."""
+    params, paths = load_params(Path(root) / params_file), Paths(Path(root))
+    logger = get_run_logger()
+    set_threads(params)
+    dataset = load_dataset_task(paths)
+    initial = TokenMap.load(paths.initial_token_map)
+    validate_token_map(initial, dataset.item_ids(), str(paths.initial_token_map))
+
+    relevant = params.model_dump(include={"data", "tokenize", "model", "train", "siit", "evaluate"})
+    fingerprint = run_fingerprint(mode, relevant, [paths.processed, paths.initial_token_map])
+    ckpt = RunCheckpoint(paths.checkpoints / mode)
+    state = ckpt.load_state(fingerprint)
+    if state is not None:
+        logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
+    session = build_session_task(dataset, initial, params, ckpt, state)
+    maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
+    state = state or RunState(fingerprint=fingerprint)
+
+    round_epochs = params.round_epochs()
+    with tracking.start_run(params.tracking, mode, tags={"stage": f"train_{mode}", "model": mode}, run_id=state.mlflow_run_id) as run:
+        state.mlflow_run_id = run.info.run_id
+        if state.next_round == 0:
+            tracking.log_params(relevant)
+        for r in range(state.next_round, len(round_epochs)):
+            with tracking.start_run(params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}):
+                row = _train_round(session, params, r, round_epochs[r], logger)
+                improved = _improves(state, row["valid"])
+                best = (session.rec, session.codes.copy()) if improved else None
+                if improved:
+                    state.best_round, state.best_score = r, row["valid"]["ndcg@10"]
+                refine = mode == "siit" and r < len(round_epochs) - 1 and not state.converged
+                if refine:
+                    new_codes, stats = refine_task(session, params, r)
+                    session.set_codes(new_codes)
+                    maps[f"round_{r + 1:03d}.parquet"] = _map_bytes(initial.with_codes(new_codes, round=r + 1, stats=stats))
+                    state.converged = stats["churn"] < params.siit.min_churn
+                    row["refine"] = stats
+                    tracking.log_metrics(scalars(stats), prefix="refine/")
+                    logger.info("round %d: churn %.3f, collisions before %.3f", r, stats["churn"], stats["collision_rate_before"])
+                state.history.append(_flat_row(r, row))
+                state.next_round = r + 1
+                checkpoint_task(ckpt, state, session, maps, best)
+                tracking.log_artifact(ckpt.path / "maps", "token_maps")
+        report = _finish(mode, params, paths, dataset, initial, ckpt, state, maps)
+        tracking.log_metrics(report["test"], prefix="test/")
+        tracking.log_metrics(report["valid"], prefix="best_valid/")
+        for path in (paths.model_report(mode), paths.rounds_csv(mode)):
+            tracking.log_artifact(path, "reports")
+        tracking.log_artifact(paths.model_dir(mode), "model")
+    ckpt.clear()
+    return str(paths.model_dir(mode))
+
+
+def _improves(state: RunState, valid: dict[str, float]) -> bool:
+    return valid["ndcg@10"] > state.best_score
+
+
+def _train_round(session: TrainingSession, params: Params, r: int, epochs: int, logger) -> dict:
+    losses, seconds = [], 0.0
+    for _ in range(epochs):
+        stats = train_epoch_task(session)
+        losses.append(stats["loss"])
+        seconds += stats["seconds"]
+        tracking.log_metrics({"loss": stats["loss"], "tokens_per_s": stats["tokens_per_s"]}, step=int(stats["epoch"]), prefix="train/")
+    valid, _ = evaluate_task(session, "valid")
+    tracking.log_metrics(valid, prefix="valid/")
+    logger.info("round %d: loss %.4f, valid ndcg@10 %.4f", r, losses[-1], valid["ndcg@10"])
+    return {"loss": losses[-1], "seconds": seconds, "valid": valid}
+
+
+def _flat_row(r: int, row: dict) -> dict:
+    out = {"round": r, "loss": row["loss"], "seconds": row["seconds"], **{f"valid_{k}": v for k, v in row["valid"].items()}}
+    stats = row.get("refine")
+    if stats:
+        out.update(
+            churn=stats["churn"],
+            collision_rate_before=stats["collision_rate_before"],
+            distinct_prefixes_l1=stats["distinct_prefixes"][0],
+            **{f"entropy_l{i}": h for i, h in enumerate(stats["entropy_bits"])},
+        )
+    return out
+
+
+def _map_bytes(token_map: TokenMap) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "map.parquet"
+        token_map.save(path)
+        return path.read_bytes()
+
+
+def _finish(mode, params, paths, dataset, initial, ckpt: RunCheckpoint, state: RunState, maps) -> dict:
+    """Best round's model and map -> test once -> DVC outputs."""
+    best_model, best_codes = ckpt.best()
+    rec = GenerativeRecommender.load(best_model)
+    session = TrainingSession(rec, dataset, best_codes, params.train, params.evaluate, params.train.epochs)
+    valid, _ = session.evaluate("valid")
+    test, ranked = session.evaluate("test")
+    with atomic_dir(paths.model_dir(mode)) as tmp:
+        shutil.copytree(best_model, tmp / "model")
+        initial.with_codes(best_codes, round=state.best_round, selected=True).save(tmp / "token_map.parquet")
+    if mode == "siit":
+        with atomic_dir(paths.siit_token_maps) as tmp:
+            for name, data in maps.items():
+                (tmp / name).write_bytes(data)
+    report = {
+        "valid": valid,
+        "test": test,
+        "best_round": state.best_round,
+        "rounds": state.history,
+        "train_seconds": sum(h["seconds"] for h in state.history),
+    }
+    atomic_write_json(paths.model_report(mode), report)
+    rows = pl.DataFrame(state.history)
+    paths.rounds_csv(mode).parent.mkdir(parents=True, exist_ok=True)
+    rows.write_csv(paths.rounds_csv(mode))
+    recs = recommendations_frame(mode, dataset.eval_split("test"), ranked, dataset.item_ids())
+    atomic_write_parquet(recs, paths.model_recommendations(mode))
+    return report
