@@ -58,7 +58,9 @@ class DataConfig(Strict):
     files: FilesSource = FilesSource()
     amazon: AmazonSource = AmazonSource()
     synthetic: SyntheticSource = SyntheticSource()
-    min_sequence_length: int = Field(3, ge=3, description="users with fewer interactions fail validation")
+    min_sequence_length: int = Field(
+        3, ge=3, description="users with fewer interactions fail validation"
+    )
     max_history: int = Field(20, gt=0)
 
 
@@ -129,7 +131,9 @@ class SiitConfig(Strict):
     beam_size: int = Field(20, ge=1)
     diversity: float = Field(0.5, ge=0, description="load-aware penalty strength; 0 = off")
     assignment: Literal["greedy", "exact"] = "greedy"
-    max_churn: float = Field(1.0, gt=0, le=1, description="cap on the fraction of items changing per round")
+    max_churn: float = Field(
+        1.0, gt=0, le=1, description="cap on the fraction of items changing per round"
+    )
     min_churn: float = Field(0.01, ge=0, le=1, description="stop refining once churn falls below")
     batch_size: int = Field(128, gt=0)
 
@@ -143,7 +147,9 @@ class EvaluateConfig(Strict):
     @model_validator(mode="after")
     def _beam_covers_top_k(self) -> EvaluateConfig:
         if self.beam_size < self.top_k:
-            raise ValueError(f"evaluate.beam_size ({self.beam_size}) must be >= evaluate.top_k ({self.top_k})")
+            raise ValueError(
+                f"evaluate.beam_size ({self.beam_size}) must be >= evaluate.top_k ({self.top_k})"
+            )
         return self
 
 

@@ -18,7 +18,9 @@ from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
 
 
-def seen_mask(seen: list[np.ndarray], n_items: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def seen_mask(
+    seen: list[np.ndarray], n_items: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     mask = torch.zeros((len(seen), n_items), dtype=torch.bool, device=device)
     for row, items in enumerate(seen):
         mask[row, torch.as_tensor(items, dtype=torch.long, device=device)] = True
@@ -37,7 +39,11 @@ def recommend_generative(
     ranked = np.full((len(all_prompts), cfg.top_k), -1, dtype=np.int64)
     for start in range(0, len(order), cfg.batch_size):
         rows = order[start : start + cfg.batch_size]
-        exclude = seen_mask([split.seen[r] for r in rows], len(codes), rec.device) if cfg.exclude_seen else None
+        exclude = (
+            seen_mask([split.seen[r] for r in rows], len(codes), rec.device)
+            if cfg.exclude_seen
+            else None
+        )
         result = constrained_beam_search(
             rec.model,
             [all_prompts[r] for r in rows],
@@ -52,7 +58,9 @@ def recommend_generative(
     return ranked
 
 
-def recommend_popular(popularity: np.ndarray, split: EvalSplit, top_k: int, exclude_seen: bool) -> np.ndarray:
+def recommend_popular(
+    popularity: np.ndarray, split: EvalSplit, top_k: int, exclude_seen: bool
+) -> np.ndarray:
     """Most-popular items (training counts), skipping the user's seen items when asked."""
     scores = np.tile(np.asarray(popularity, dtype=np.float64), (len(split.targets), 1))
     if exclude_seen:
@@ -66,7 +74,9 @@ def evaluate_ranking(ranked: np.ndarray, split: EvalSplit) -> dict[str, float]:
     return ranking_metrics(ranked, split.targets)
 
 
-def recommendations_frame(model: str, split: EvalSplit, ranked: np.ndarray, item_ids: list[str]) -> pl.DataFrame:
+def recommendations_frame(
+    model: str, split: EvalSplit, ranked: np.ndarray, item_ids: list[str]
+) -> pl.DataFrame:
     """Long format (model, user_id, rank, item_id) so anyone can recompute the metrics."""
     n_users, k = ranked.shape
     flat = ranked.reshape(-1)

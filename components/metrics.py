@@ -15,12 +15,16 @@ def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
     ranked = np.asarray(ranked)
     targets = np.asarray(targets)
     if ranked.ndim != 2 or targets.shape != (ranked.shape[0],):
-        raise ValueError(f"ranked must be [n, k] and targets [n]; got {ranked.shape} and {targets.shape}")
+        raise ValueError(
+            f"ranked must be [n, k] and targets [n]; got {ranked.shape} and {targets.shape}"
+        )
     hits = ranked == targets[:, None]
     return np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
 
 
-def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+def ranking_metrics(
+    ranked: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = (5, 10)
+) -> dict[str, float]:
     """Recall@k and NDCG@k averaged over users (single relevant item per user)."""
     ranks = target_ranks(ranked, targets)
     if len(ranks) == 0:
@@ -33,4 +37,7 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, ks: tuple[int, ...]
         out[f"recall@{k}"] = float(hit.mean())
         gains = np.where(hit, 1.0 / np.log2(ranks + 1.0, where=hit, out=np.ones(len(ranks))), 0.0)
         out[f"ndcg@{k}"] = float(gains.mean())
-    return {name: out[name] for name in sorted(out, key=lambda n: (n.split("@")[0] != "recall", int(n.split("@")[1])))}
+    return {
+        name: out[name]
+        for name in sorted(out, key=lambda n: (n.split("@")[0] != "recall", int(n.split("@")[1])))
+    }

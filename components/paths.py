@@ -55,7 +55,11 @@ class Paths:
         return self.reports / "models" / f"{name}.json"
 
     def rounds_csv(self, name: str) -> Path:
-        return self.reports / "rounds.csv" if name == "siit" else self.reports / "models" / f"{name}_rounds.csv"
+        return (
+            self.reports / "rounds.csv"
+            if name == "siit"
+            else self.reports / "models" / f"{name}_rounds.csv"
+        )
 
     def model_recommendations(self, name: str) -> Path:
         return self.reports / "models" / f"{name}_recommendations_test.parquet"

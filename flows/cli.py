@@ -15,7 +15,9 @@ STAGES = ("prepare", "validate", "tokenize", "train_static", "train_siit", "repo
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siit", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="parameter file (default: params.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the '{stage}' stage as a Prefect flow")
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.config import ConfigError
     from components.data import DataError
     from components.tokenizers import TokenMapValidationError
+
     try:
         _run_stage(args.command, args.params)
     except (ConfigError, DataError, TokenMapValidationError, FileNotFoundError) as exc:

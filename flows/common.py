@@ -31,7 +31,13 @@ def scalars(stats: dict, prefix: str = "") -> dict[str, float]:
         if isinstance(value, dict):
             out.update(scalars(value, f"{prefix}{key}."))
         elif isinstance(value, list):
-            out.update({f"{prefix}{key}.{i}": float(v) for i, v in enumerate(value) if isinstance(v, int | float)})
+            out.update(
+                {
+                    f"{prefix}{key}.{i}": float(v)
+                    for i, v in enumerate(value)
+                    if isinstance(v, int | float)
+                }
+            )
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[f"{prefix}{key}"] = float(value)
     return out

@@ -27,7 +27,9 @@ def popularity_task(dataset: Dataset, params: Params) -> tuple[dict, pl.DataFram
     metrics: dict = {}
     for split in ("valid", "test"):
         s = dataset.eval_split(split)
-        ranked = recommend_popular(dataset.popularity(), s, params.evaluate.top_k, params.evaluate.exclude_seen)
+        ranked = recommend_popular(
+            dataset.popularity(), s, params.evaluate.top_k, params.evaluate.exclude_seen
+        )
         metrics[split] = evaluate_ranking(ranked, s)
     return metrics, recommendations_frame("popularity", s, ranked, dataset.item_ids())
 
@@ -51,7 +53,9 @@ def report_flow(params_file: str = "params.yaml", root: str = ".") -> str:
         report = _read_json(paths.model_report(name))
         metrics[name] = {"valid": report["valid"], "test": report["test"]}
         frames.append(pl.read_parquet(paths.model_recommendations(name)))
-    metrics["improvement"] = relative_improvement(metrics["siit"]["test"], metrics["static"]["test"])
+    metrics["improvement"] = relative_improvement(
+        metrics["siit"]["test"], metrics["static"]["test"]
+    )
     atomic_write_json(paths.reports / "metrics.json", metrics)
     atomic_write_parquet(pl.concat(frames), paths.reports / "recommendations_test.parquet")
     get_run_logger().info("\n%s", format_metrics_table(metrics))

@@ -63,7 +63,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: f
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"Prefect server did not start; last log lines:\n{log_path.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"Prefect server did not start; last log lines:\n{log_path.read_text()[-2000:]}"
+            )
         time.sleep(0.5)
 
 
@@ -72,4 +74,6 @@ def run_with_server(command: list[str], home: Path) -> int:
     if os.environ.get("PREFECT_API_URL"):
         return subprocess.call(command)
     with local_prefect_server(home) as url:
-        return subprocess.call(command, env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)})
+        return subprocess.call(
+            command, env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+        )

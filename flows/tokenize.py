@@ -30,7 +30,9 @@ def embed_task(dataset: Dataset, params: Params, paths: Paths) -> np.ndarray:
 
 
 @task(name="build-token-map", cache_policy=NO_CACHE)
-def build_token_map_task(dataset: Dataset, params: Params, embeddings: np.ndarray | None) -> TokenMap:
+def build_token_map_task(
+    dataset: Dataset, params: Params, embeddings: np.ndarray | None
+) -> TokenMap:
     return build_token_map(
         params.tokenize.method,
         params.tokenize,

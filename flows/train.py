@@ -34,17 +34,28 @@ Mode = Literal["static", "siit"]
 
 
 @task(name="build-model", cache_policy=NO_CACHE)
-def build_session_task(dataset: Dataset, token_map: TokenMap, params: Params, ckpt: RunCheckpoint, resume: RunState | None) -> TrainingSession:
+def build_session_task(
+    dataset: Dataset,
+    token_map: TokenMap,
+    params: Params,
+    ckpt: RunCheckpoint,
+    resume: RunState | None,
+) -> TrainingSession:
     if resume is None:
         rec = GenerativeRecommender.create(
-            params.model, token_map.codebook_sizes, dataset.item_texts() + dataset.item_titles(), seed=params.train.seed
+            params.model,
+            token_map.codebook_sizes,
+            dataset.item_texts() + dataset.item_titles(),
+            seed=params.train.seed,
         )
         rec.model.to(pick_device())
         codes = token_map.codes
     else:
         rec = GenerativeRecommender.load(ckpt.model_dir())
         codes = ckpt.codes()
-    session = TrainingSession(rec, dataset, codes, params.train, params.evaluate, params.train.epochs)
+    session = TrainingSession(
+        rec, dataset, codes, params.train, params.evaluate, params.train.epochs
+    )
     if resume is not None:
         session.trainer.load_state_dict(ckpt.trainer_state())
     return session
@@ -61,14 +72,22 @@ def evaluate_task(session: TrainingSession, split: str) -> tuple[dict[str, float
 
 
 @task(name="refine-identifiers", cache_policy=NO_CACHE)
-def refine_task(session: TrainingSession, params: Params, round_index: int) -> tuple[np.ndarray, dict]:
+def refine_task(
+    session: TrainingSession, params: Params, round_index: int
+) -> tuple[np.ndarray, dict]:
     return refine_identifiers(
-        session.rec, session.dataset.item_texts(), session.codes, params.siit, seed=params.train.seed * 100 + round_index
+        session.rec,
+        session.dataset.item_texts(),
+        session.codes,
+        params.siit,
+        seed=params.train.seed * 100 + round_index,
     )
 
 
 @task(name="save-checkpoint", cache_policy=NO_CACHE, **IO)
-def checkpoint_task(ckpt: RunCheckpoint, state: RunState, session: TrainingSession, maps: dict[str, bytes], best) -> None:
+def checkpoint_task(
+    ckpt: RunCheckpoint, state: RunState, session: TrainingSession, maps: dict[str, bytes], best
+) -> None:
     ckpt.save(state, session.rec, session.trainer.state_dict(), session.codes, maps, best)
 
 
@@ -93,12 +112,19 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     state = state or RunState(fingerprint=fingerprint)
 
     round_epochs = params.round_epochs()
-    with tracking.start_run(params.tracking, mode, tags={"stage": f"train_{mode}", "model": mode}, run_id=state.mlflow_run_id) as run:
+    with tracking.start_run(
+        params.tracking,
+        mode,
+        tags={"stage": f"train_{mode}", "model": mode},
+        run_id=state.mlflow_run_id,
+    ) as run:
         state.mlflow_run_id = run.info.run_id
         if state.next_round == 0:
             tracking.log_params(relevant)
         for r in range(state.next_round, len(round_epochs)):
-            with tracking.start_run(params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}):
+            with tracking.start_run(
+                params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
+            ):
                 row = _train_round(session, params, r, round_epochs[r], logger)
                 improved = _improves(state, row["valid"])
                 best = (session.rec, session.codes.copy()) if improved else None
@@ -108,11 +134,18 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
                 if refine:
                     new_codes, stats = refine_task(session, params, r)
                     session.set_codes(new_codes)
-                    maps[f"round_{r + 1:03d}.parquet"] = _map_bytes(initial.with_codes(new_codes, round=r + 1, stats=stats))
+                    maps[f"round_{r + 1:03d}.parquet"] = _map_bytes(
+                        initial.with_codes(new_codes, round=r + 1, stats=stats)
+                    )
                     state.converged = stats["churn"] < params.siit.min_churn
                     row["refine"] = stats
                     tracking.log_metrics(scalars(stats), prefix="refine/")
-                    logger.info("round %d: churn %.3f, collisions before %.3f", r, stats["churn"], stats["collision_rate_before"])
+                    logger.info(
+                        "round %d: churn %.3f, collisions before %.3f",
+                        r,
+                        stats["churn"],
+                        stats["collision_rate_before"],
+                    )
                 state.history.append(_flat_row(r, row))
                 state.next_round = r + 1
                 checkpoint_task(ckpt, state, session, maps, best)
@@ -137,7 +170,11 @@ def _train_round(session: TrainingSession, params: Params, r: int, epochs: int, 
         stats = train_epoch_task(session)
         losses.append(stats["loss"])
         seconds += stats["seconds"]
-        tracking.log_metrics({"loss": stats["loss"], "tokens_per_s": stats["tokens_per_s"]}, step=int(stats["epoch"]), prefix="train/")
+        tracking.log_metrics(
+            {"loss": stats["loss"], "tokens_per_s": stats["tokens_per_s"]},
+            step=int(stats["epoch"]),
+            prefix="train/",
+        )
     valid, _ = evaluate_task(session, "valid")
     tracking.log_metrics(valid, prefix="valid/")
     logger.info("round %d: loss %.4f, valid ndcg@10 %.4f", r, losses[-1], valid["ndcg@10"])
@@ -145,7 +182,12 @@ def _train_round(session: TrainingSession, params: Params, r: int, epochs: int, 
 
 
 def _flat_row(r: int, row: dict) -> dict:
-    out = {"round": r, "loss": row["loss"], "seconds": row["seconds"], **{f"valid_{k}": v for k, v in row["valid"].items()}}
+    out = {
+        "round": r,
+        "loss": row["loss"],
+        "seconds": row["seconds"],
+        **{f"valid_{k}": v for k, v in row["valid"].items()},
+    }
     stats = row.get("refine")
     if stats:
         out.update(
@@ -166,16 +208,22 @@ def _map_bytes(token_map: TokenMap) -> bytes:
         return path.read_bytes()
 
 
-def _finish(mode, params, paths, dataset, initial, ckpt: RunCheckpoint, state: RunState, maps) -> dict:
+def _finish(
+    mode, params, paths, dataset, initial, ckpt: RunCheckpoint, state: RunState, maps
+) -> dict:
     """Best round's model and map -> test once -> DVC outputs."""
     best_model, best_codes = ckpt.best()
     rec = GenerativeRecommender.load(best_model)
-    session = TrainingSession(rec, dataset, best_codes, params.train, params.evaluate, params.train.epochs)
+    session = TrainingSession(
+        rec, dataset, best_codes, params.train, params.evaluate, params.train.epochs
+    )
     valid, _ = session.evaluate("valid")
     test, ranked = session.evaluate("test")
     with atomic_dir(paths.model_dir(mode)) as tmp:
         shutil.copytree(best_model, tmp / "model")
-        initial.with_codes(best_codes, round=state.best_round, selected=True).save(tmp / "token_map.parquet")
+        initial.with_codes(best_codes, round=state.best_round, selected=True).save(
+            tmp / "token_map.parquet"
+        )
     if mode == "siit":
         with atomic_dir(paths.siit_token_maps) as tmp:
             for name, data in maps.items():

@@ -57,7 +57,9 @@ class PrefixTrie:
 @dataclass(frozen=True)
 class BeamResult:
     codes: torch.Tensor  # long [batch, k, levels]
-    scores: torch.Tensor  # float [batch, k]: summed log-probabilities, -inf where fewer than k exist
+    scores: (
+        torch.Tensor
+    )  # float [batch, k]: summed log-probabilities, -inf where fewer than k exist
     leaves: torch.Tensor  # long [batch, k]: item index for a trie of items, -1 where absent
 
 
@@ -132,9 +134,13 @@ def constrained_beam_search(
         width = min(top_k if lvl == levels - 1 else beam_size, rank.shape[1])
         best, idx = rank.topk(width, dim=-1)
         origin, code = idx // size, idx % size
-        scores = total.view(batch, -1).gather(1, idx).masked_fill(~torch.isfinite(best), float("-inf"))
+        scores = (
+            total.view(batch, -1).gather(1, idx).masked_fill(~torch.isfinite(best), float("-inf"))
+        )
         nodes = child.view(batch, -1).gather(1, idx)
-        codes = torch.cat([codes.gather(1, origin[..., None].expand(-1, -1, lvl)), code[..., None]], dim=-1)
+        codes = torch.cat(
+            [codes.gather(1, origin[..., None].expand(-1, -1, lvl)), code[..., None]], dim=-1
+        )
         if lvl == levels - 1:
             break
         if lvl == 0:  # one beam per row so far: repeat the prompt cache once per beam

@@ -68,7 +68,9 @@ class PromptBuilder:
         ids = self.item_tokens[np.asarray(window)]
         n_prefix = len(self._seqrec_prefix)
         input_ids = self._seqrec_prefix + ids.reshape(-1).tolist()
-        labels = [IGNORE] * (n_prefix + ids.shape[1] * min_history) + ids[min_history:].reshape(-1).tolist()
+        labels = [IGNORE] * (n_prefix + ids.shape[1] * min_history) + ids[min_history:].reshape(
+            -1
+        ).tolist()
         return Example(input_ids, labels)
 
     # item2id ------------------------------------------------------------------------

@@ -32,7 +32,9 @@ class TrainingSession:
     def __post_init__(self) -> None:
         self.set_codes(self.codes)
         steps = sum(-(-len(v) // self.train_cfg.batch_size) for v in self._examples(0).values())
-        self.trainer = Trainer(self.rec.model, self.train_cfg, steps_per_epoch=steps, total_epochs=self.total_epochs)
+        self.trainer = Trainer(
+            self.rec.model, self.train_cfg, steps_per_epoch=steps, total_epochs=self.total_epochs
+        )
 
     def set_codes(self, codes: np.ndarray) -> None:
         """Switch the token map (SIIT refinement); the model's vocabulary is unchanged."""
@@ -57,11 +59,15 @@ class TrainingSession:
         rng = np.random.default_rng([self.train_cfg.seed, epoch, 1])
         torch.manual_seed(self.train_cfg.seed * 1000 + epoch)
         pad = self.rec.tokenizer.pad_token_id or 0
-        stats = self.trainer.train_epoch(length_bucketed_batches(examples, self.train_cfg.batch_size, pad, rng))
+        stats = self.trainer.train_epoch(
+            length_bucketed_batches(examples, self.train_cfg.batch_size, pad, rng)
+        )
         return {"epoch": epoch, **stats}
 
     def recommend(self, split: str) -> np.ndarray:
-        return recommend_generative(self.rec, self.codes, self.dataset.eval_split(split), self.eval_cfg)
+        return recommend_generative(
+            self.rec, self.codes, self.dataset.eval_split(split), self.eval_cfg
+        )
 
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         ranked = self.recommend(split)

@@ -58,14 +58,22 @@ def propose_identifiers(
         prompts = [builder.item2id_prompt(texts[r]) for r in rows]
         bias = [torch.from_numpy(load_penalty(u, start, cfg.diversity)) for u in usage]
         result = constrained_beam_search(
-            rec.model, prompts, rec.code_token_ids, trie, beam_size=max(cfg.beam_size, width),
-            top_k=width, pad_id=pad, level_bias=bias if cfg.diversity > 0 else None,
+            rec.model,
+            prompts,
+            rec.code_token_ids,
+            trie,
+            beam_size=max(cfg.beam_size, width),
+            top_k=width,
+            pad_id=pad,
+            level_bias=bias if cfg.diversity > 0 else None,
         )
         codes[rows] = result.codes.cpu().numpy()
         scores[rows] = result.scores.cpu().numpy()
-        current_scores[rows] = sequence_log_probs(
-            rec.model, prompts, torch.from_numpy(builder.item_tokens[rows]), pad
-        ).cpu().numpy()
+        current_scores[rows] = (
+            sequence_log_probs(rec.model, prompts, torch.from_numpy(builder.item_tokens[rows]), pad)
+            .cpu()
+            .numpy()
+        )
         for level in range(levels):  # the load the next batches see: each item's favourite
             np.add.at(usage[level], codes[rows, 0, level], 1)
     return Candidates(codes, scores, current_scores)
@@ -77,8 +85,13 @@ def refine_identifiers(
     """The next round's codes and the statistics of the change."""
     cand = propose_identifiers(rec, texts, current, cfg, seed)
     new = assign_identifiers(
-        current, cand.codes, cand.scores, cand.current_scores, rec.codebook_sizes,
-        method=cfg.assignment, max_churn=cfg.max_churn,
+        current,
+        cand.codes,
+        cand.scores,
+        cand.current_scores,
+        rec.codebook_sizes,
+        method=cfg.assignment,
+        max_churn=cfg.max_churn,
     )
     top1 = cand.codes[:, 0, :]
     kept = (new == current).all(axis=1)

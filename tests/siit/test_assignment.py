@@ -32,8 +32,12 @@ def test_greedy_is_best_first_and_exact_maximises_the_total() -> None:
     current = ids((0, 0), (0, 1))
     candidates = np.stack([ids((1, 0), (2, 0)), ids((1, 0), (3, 3))])
     scores = np.array([[-0.1, -0.2], [-0.15, -9.0]])
-    greedy = assign_identifiers(current, candidates, scores, np.full(2, -10.0), SIZES, method="greedy")
-    exact = assign_identifiers(current, candidates, scores, np.full(2, -10.0), SIZES, method="exact")
+    greedy = assign_identifiers(
+        current, candidates, scores, np.full(2, -10.0), SIZES, method="greedy"
+    )
+    exact = assign_identifiers(
+        current, candidates, scores, np.full(2, -10.0), SIZES, method="exact"
+    )
     assert greedy.tolist() == [[1, 0], [3, 3]]  # total -9.1
     assert exact.tolist() == [[2, 0], [1, 0]]  # total -0.35
 
@@ -78,5 +82,7 @@ def test_random_instances_are_always_bijections() -> None:
         candidates = rng.integers(0, 8, size=(n, b, 2))
         scores = np.sort(rng.normal(size=(n, b)), axis=1)[:, ::-1]
         for method in ("greedy", "exact"):
-            new = assign_identifiers(current, candidates, scores, rng.normal(size=n) - 2, (8, 8), method=method)
+            new = assign_identifiers(
+                current, candidates, scores, rng.normal(size=n) - 2, (8, 8), method=method
+            )
             assert unique_rows(new)

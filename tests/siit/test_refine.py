@@ -14,7 +14,9 @@ SIZES = (4, 4, 4)
 
 @pytest.fixture(scope="module")
 def rec() -> GenerativeRecommender:
-    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, text_vocab_size=200)
+    cfg = ModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, text_vocab_size=200
+    )
     texts = [f"item {i} colour {'red' if i % 2 else 'blue'}" for i in range(24)]
     return GenerativeRecommender.create(cfg, SIZES, texts, seed=0)
 
@@ -35,7 +37,9 @@ def test_load_penalty() -> None:
     assert p[0] == 0 and p[3] == 0 and p[2] < p[1] < 0
 
 
-def test_refined_map_is_a_bijection_over_well_formed_identifiers(rec: GenerativeRecommender) -> None:
+def test_refined_map_is_a_bijection_over_well_formed_identifiers(
+    rec: GenerativeRecommender,
+) -> None:
     cfg = SiitConfig(candidates=5, beam_size=8, batch_size=8)
     new, stats = refine_identifiers(rec, texts(), current_codes(), cfg, seed=0)
     assert new.shape == (24, 3)
@@ -47,8 +51,12 @@ def test_refined_map_is_a_bijection_over_well_formed_identifiers(rec: Generative
 
 
 def test_diversity_penalty_spreads_first_level_codes(rec: GenerativeRecommender) -> None:
-    plain = propose_identifiers(rec, texts(), current_codes(), SiitConfig(candidates=3, diversity=0.0, batch_size=4), 0)
-    spread = propose_identifiers(rec, texts(), current_codes(), SiitConfig(candidates=3, diversity=50.0, batch_size=4), 0)
+    plain = propose_identifiers(
+        rec, texts(), current_codes(), SiitConfig(candidates=3, diversity=0.0, batch_size=4), 0
+    )
+    spread = propose_identifiers(
+        rec, texts(), current_codes(), SiitConfig(candidates=3, diversity=50.0, batch_size=4), 0
+    )
     used_plain = len(set(plain.codes[:, 0, 0]))
     used_spread = len(set(spread.codes[:, 0, 0]))
     assert used_spread > used_plain

@@ -44,6 +44,16 @@ def test_each_text_is_embedded_once_across_calls(tmp_path, fake_encoder) -> None
     assert fake_encoder.calls[-1] == ["gamma"]
 
 
+def test_large_batches_are_cached_in_shards(tmp_path, fake_encoder, monkeypatch) -> None:
+    monkeypatch.setattr(embeddings_module, "SHARD_SIZE", 2)
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    first = embed_texts(texts, "fake-encoder", tmp_path)
+    assert [len(c) for c in fake_encoder.calls] == [2, 2, 1]
+    assert len(list(tmp_path.glob("*/*.npz"))) == 3
+    np.testing.assert_array_equal(embed_texts(texts[::-1], "fake-encoder", tmp_path), first[::-1])
+    assert len(fake_encoder.calls) == 3
+
+
 def test_cache_is_keyed_by_encoder(tmp_path, fake_encoder) -> None:
     embed_texts(["alpha"], "encoder-one", tmp_path)
     embed_texts(["alpha"], "encoder-two", tmp_path)

@@ -1,0 +1,78 @@
+"""Runs pipeline stages for one configuration in its own work folder (the real code path).
+
+Each configuration gets `bench/.runs/<name>/` holding a params.yaml (the project's, with
+overrides), a link to the project's `data/processed` and the embeddings cache, and its own
+outputs and MLflow store. All `siit` processes share one local Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RUNS = ROOT / "bench" / ".runs"
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def ensure_dataset() -> None:
+    """data/processed of the project (MovieLens-100k by default), made once."""
+    if not (ROOT / "data" / "processed").exists():
+        for stage in ("prepare", "validate"):
+            subprocess.run([str(BIN / "siit"), stage], cwd=ROOT, check=True)
+
+
+@contextmanager
+def prefect_server():
+    sys.path.insert(0, str(ROOT))
+    from flows.server import local_prefect_server
+
+    home = RUNS / ".prefect"
+    with local_prefect_server(home) as url:
+        yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+
+
+def run_config(name: str, overrides: dict, stages: list[str], env: dict[str, str]) -> dict:
+    """Run `stages` for one configuration; returns the reports it produced and the wall times."""
+    work = RUNS / name
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    for sub in ("processed", "embeddings"):
+        link = work / "data" / sub
+        (ROOT / "data" / sub).mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(ROOT / "data" / sub)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    full_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    seconds = {}
+    for stage in stages:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [str(BIN / "siit"), stage], cwd=work, env=full_env, capture_output=True, text=True
+        )
+        if proc.returncode:
+            raise RuntimeError(f"{name}: siit {stage} failed:\n{proc.stderr[-3000:]}")
+        seconds[stage] = time.perf_counter() - start
+    reports = {"seconds": seconds}
+    for key, path in {
+        "tokenize": work / "reports/tokenize.json",
+        "static": work / "reports/models/static.json",
+        "siit": work / "reports/models/siit.json",
+    }.items():
+        if path.exists():
+            reports[key] = json.loads(path.read_text())
+    return reports
