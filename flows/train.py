@@ -122,34 +122,10 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         if state.next_round == 0:
             tracking.log_params(relevant)
         for r in range(state.next_round, len(round_epochs)):
-            with tracking.start_run(
-                params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
-            ):
-                row = _train_round(session, params, r, round_epochs[r], logger)
-                improved = _improves(state, row["valid"])
-                best = (session.rec, session.codes.copy()) if improved else None
-                if improved:
-                    state.best_round, state.best_score = r, row["valid"]["ndcg@10"]
-                refine = mode == "siit" and r < len(round_epochs) - 1 and not state.converged
-                if refine:
-                    new_codes, stats = refine_task(session, params, r)
-                    session.set_codes(new_codes)
-                    maps[f"round_{r + 1:03d}.parquet"] = _map_bytes(
-                        initial.with_codes(new_codes, round=r + 1, stats=stats)
-                    )
-                    state.converged = stats["churn"] < params.siit.min_churn
-                    row["refine"] = stats
-                    tracking.log_metrics(scalars(stats), prefix="refine/")
-                    logger.info(
-                        "round %d: churn %.3f, collisions before %.3f",
-                        r,
-                        stats["churn"],
-                        stats["collision_rate_before"],
-                    )
-                state.history.append(_flat_row(r, row))
-                state.next_round = r + 1
-                checkpoint_task(ckpt, state, session, maps, best)
-                tracking.log_artifact(ckpt.path / "maps", "token_maps")
+            # explicit hand-back: Prefect may rebuild collection arguments of a task
+            state, maps = round_task(
+                mode, r, round_epochs[r], session, params, state, ckpt, maps, initial
+            )
         report = _finish(mode, params, paths, dataset, initial, ckpt, state, maps)
         tracking.log_metrics(report["test"], prefix="test/")
         tracking.log_metrics(report["valid"], prefix="best_valid/")
@@ -160,11 +136,57 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     return str(paths.model_dir(mode))
 
 
+@task(name="siit-round", cache_policy=NO_CACHE)
+def round_task(
+    mode: Mode,
+    r: int,
+    epochs: int,
+    session: TrainingSession,
+    params: Params,
+    state: RunState,
+    ckpt: RunCheckpoint,
+    maps: dict[str, bytes],
+    initial: TokenMap,
+) -> tuple[RunState, dict[str, bytes]]:
+    """One round: train, validate, keep if best, refine (SIIT), checkpoint; a nested MLflow run."""
+    logger = get_run_logger()
+    last = r == len(params.round_epochs()) - 1
+    with tracking.start_run(
+        params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
+    ):
+        row = _train_round(session, r, epochs, logger)
+        improved = _improves(state, row["valid"])
+        best = (session.rec, session.codes.copy()) if improved else None
+        if improved:
+            state.best_round, state.best_score = r, row["valid"]["ndcg@10"]
+        if mode == "siit" and not last and not state.converged:
+            new_codes, stats = refine_task(session, params, r)
+            session.set_codes(new_codes)
+            maps[f"round_{r + 1:03d}.parquet"] = _map_bytes(
+                initial.with_codes(new_codes, round=r + 1, stats=stats)
+            )
+            state.converged = stats["churn"] < params.siit.min_churn
+            row["refine"] = stats
+            tracking.log_metrics(scalars(stats), prefix="refine/")
+            logger.info(
+                "round %d: churn %.3f, collisions before %.3f",
+                r,
+                stats["churn"],
+                stats["collision_rate_before"],
+            )
+        state.history.append(_flat_row(r, row))
+        state.next_round = r + 1
+        checkpoint_task(ckpt, state, session, maps, best)
+        tracking.log_artifact(ckpt.path / "maps", "token_maps")
+        tracking.log_artifact(ckpt.model_dir(), "model")
+    return state, maps
+
+
 def _improves(state: RunState, valid: dict[str, float]) -> bool:
     return valid["ndcg@10"] > state.best_score
 
 
-def _train_round(session: TrainingSession, params: Params, r: int, epochs: int, logger) -> dict:
+def _train_round(session: TrainingSession, r: int, epochs: int, logger) -> dict:
     losses, seconds = [], 0.0
     for _ in range(epochs):
         stats = train_epoch_task(session)
