@@ -62,7 +62,8 @@ class GenerativeRecommender:
             return cls._create_tiny(cfg, codebook_sizes, texts, seed)
         from components.model.pretrained import create_pretrained
 
-        model, tokenizer = create_pretrained(cfg, [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)])
+        new_tokens = [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)]
+        model, tokenizer = create_pretrained(cfg, new_tokens, seed=seed)
         return cls(model, tokenizer, tuple(codebook_sizes), profile="pretrained")
 
     @classmethod
@@ -89,9 +90,17 @@ class GenerativeRecommender:
 
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """safetensors weights + tokenizer + identifier metadata, written atomically."""
+        """safetensors weights + tokenizer + identifier metadata, written atomically.
+
+        The pretrained profile writes the resized base model and the adapter side by side.
+        """
         with atomic_dir(Path(path)) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            if self.profile == "pretrained":
+                from components.model.pretrained import save_pretrained_model
+
+                save_pretrained_model(self.model, tmp)
+            else:
+                self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             meta = {"codebook_sizes": list(self.codebook_sizes), "profile": self.profile}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -3,10 +3,15 @@
 The LM head is applied only at positions that have a label, which on identifier-heavy
 sequences skips most of the vocabulary projection (the most expensive matmul for a
 small model with a large vocabulary).
+
+Under torchrun (WORLD_SIZE > 1) the same `Trainer` runs data-parallel: the model is wrapped
+in DDP, each rank trains on its rows of every batch and the logged loss is all-reduced (see
+`components.model.distributed`). On CUDA the forward runs under bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -17,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
+from components.model import distributed
 from components.model.prompts import IGNORE, Example, PromptBuilder
 
 
@@ -119,6 +126,46 @@ def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets[selected])
 
 
+def shard(batch: Batch) -> tuple[Batch, float]:
+    """This rank's rows of a global batch, and the factor that turns its mean loss into its share.
+
+    DDP averages gradients over ranks; scaling each rank's mean by (its label tokens x world /
+    the batch's label tokens) makes that average the gradient of the global batch's mean loss.
+    """
+    rows, real = distributed.shard_rows(len(batch.input_ids))
+    mask = batch.attention_mask[rows]
+    width = int(mask.sum(1).max())
+    labels = batch.labels[rows, :width]
+    n_label = int((labels[:, 1:] != IGNORE).sum()) if real else 0
+    local = Batch(batch.input_ids[rows, :width], mask[:, :width], labels, n_label)
+    return local, n_label * distributed.world_size() / max(1, batch.n_label_tokens)
+
+
+class _ResponseLossModule(torch.nn.Module):
+    """`response_loss` as a forward, so that DDP sees (and synchronises) the pass it runs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return response_loss(self.model, Batch(input_ids, attention_mask, labels, 0))
+
+
+def _cuda_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """On CUDA: bf16 autocast, and flash/efficient attention rather than cuDNN's, which plans
+    anew for every sequence length (bucketed batches have many). On the CPU: nothing."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    stack.enter_context(sdpa_kernel(backends))
+    return stack
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -130,12 +177,24 @@ class Trainer:
     """Owns model, optimizer and schedule; one call of `train_epoch` = one epoch.
 
     `state_dict`/`load_state_dict` make a checkpoint one dict (nanoGPT style) so a killed
-    run resumes exactly.
+    run resumes exactly. Under torchrun it trains data-parallel (DDP) with the same steps.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int) -> None:
         self.model = model
         self.cfg = cfg
+        device = next(model.parameters()).device
+        self.data_parallel = distributed.setup(device)
+        self._loss: torch.nn.Module = _ResponseLossModule(model)
+        if self.data_parallel:
+            device_ids = None
+            if device.type == "cuda":  # one GPU per rank
+                torch.cuda.set_device(distributed.local_device())
+                model.to(distributed.local_device())
+                device_ids = [distributed.local_device().index]
+            self._loss = torch.nn.parallel.DistributedDataParallel(
+                self._loss, device_ids=device_ids
+            )
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -157,12 +216,14 @@ class Trainer:
         loss_sum, label_tokens, tokens, steps = 0.0, 0, 0, 0
         start = time.perf_counter()
         for batch in batches:
+            batch, share = shard(batch) if self.data_parallel else (batch, 1.0)
             batch = Batch(
                 batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device), batch.n_label_tokens
             )
-            loss = response_loss(self.model, batch)
+            with _cuda_precision(device):
+                loss = self._loss(batch.input_ids, batch.attention_mask, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share).backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
@@ -172,6 +233,9 @@ class Trainer:
             steps += 1
         self.epoch += 1
         seconds = time.perf_counter() - start
+        loss_sum, label_tokens, tokens = distributed.all_reduce_sum(
+            [loss_sum, label_tokens, tokens], device
+        )
         return {
             "loss": loss_sum / max(1, label_tokens),
             "seconds": seconds,

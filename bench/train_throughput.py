@@ -1,0 +1,254 @@
+"""Training throughput: our Trainer next to a plain transformers `Trainer`, same data and model.
+
+    python bench/train_throughput.py                              # tiny profile + SmolLM2-135M
+    python bench/train_throughput.py --models tiny --steps 30
+    python bench/train_throughput.py --models smollm2 --steps 3 --batch-size 8
+
+Data: synthetic `seqrec` windows as the train stage builds them (PromptBuilder, 20 items of
+history, 3-level identifiers of 256 codes). Both trainers start from the same freshly created
+model (same seed) and take `--warmup` untimed steps, then `--steps` timed ones. Ours: length
+bucketing and the output head only at labelled positions. Theirs: defaults (random order,
+full-vocabulary logits at every position), same batch size, learning rate and clipping.
+
+tokens/s counts real (non-padding) tokens. MFU = 6 x parameters x tokens/s divided by this
+machine's matmul peak, measured here (fp32 on CPU, bf16 on CUDA; best of a few large square
+matmuls). With LoRA the frozen weights get no weight gradient, so 6N overstates the work
+actually needed: MFU is comparable between the two trainers, not an absolute efficiency.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, bench/ is sys.path[0] and its tokenize.py would shadow the stdlib module.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import itertools  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import Trainer as HFTrainer  # noqa: E402
+from transformers import TrainerCallback, TrainingArguments  # noqa: E402
+
+from components.config import ModelConfig, TrainConfig  # noqa: E402
+from components.model.prompts import Example, PromptBuilder  # noqa: E402
+from components.model.recommender import GenerativeRecommender, pick_device  # noqa: E402
+from components.model.training import Trainer, collate, length_bucketed_batches, seqrec_examples  # noqa: E402
+
+MODELS = ("tiny", "smollm2")
+CODEBOOKS = (256, 256, 256)
+MAX_HISTORY = 20
+
+
+@dataclass
+class Row:
+    model: str
+    params: int
+    trainer: str
+    tokens_per_s: float
+
+
+def matmul_peak(device: torch.device, repeats: int = 5) -> float:
+    """Best observed FLOP/s of a large square matmul (fp32 on CPU, bf16 on CUDA)."""
+    dtype, size = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first one warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def synthetic_examples(rec: GenerativeRecommender, n_items: int, n_users: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(int(np.prod(CODEBOOKS)), n_items, replace=False)
+    codes = np.stack(np.unravel_index(flat, CODEBOOKS), axis=1)
+    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    sequences = [rng.integers(0, n_items, size=rng.integers(10, 40)) for _ in range(n_users)]
+    return seqrec_examples(prompts, sequences, MAX_HISTORY)
+
+
+def item_texts(n_items: int) -> list[str]:
+    words = ["red", "blue", "small", "large", "cotton", "steel", "classic", "new"]
+    return [f"item {i} {words[i % 8]} {words[(i // 8) % 8]}" for i in range(n_items)]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # a tied matrix once
+
+
+def ours(rec: GenerativeRecommender, examples, cfg: TrainConfig, warmup: int, steps: int) -> float:
+    trainer = Trainer(rec.model, cfg, steps_per_epoch=warmup + steps, total_epochs=1)
+    pad = rec.tokenizer.pad_token_id or 0
+    batches = itertools.chain.from_iterable(  # epoch after epoch, like the transformers Trainer
+        length_bucketed_batches(examples, cfg.batch_size, pad, np.random.default_rng(e))
+        for e in itertools.count()
+    )
+    trainer.train_epoch(next(batches) for _ in range(warmup))
+    return trainer.train_epoch(next(batches) for _ in range(steps))["tokens_per_s"]
+
+
+class _Clock(TrainerCallback):
+    """Wall time and real tokens between the end of step `warmup` and the end of the last step."""
+
+    def __init__(self, model: torch.nn.Module, warmup: int) -> None:
+        self.warmup, self.tokens, self.start, self.end, self.start_tokens = warmup, 0, 0.0, 0.0, 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs) -> None:
+        if module.training:
+            self.tokens += int(kwargs["attention_mask"].sum())
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if state.global_step == self.warmup:
+            self.start, self.start_tokens = time.perf_counter(), self.tokens
+        self.end = time.perf_counter()
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.tokens - self.start_tokens) / (self.end - self.start)
+
+
+def transformers_trainer(
+    rec: GenerativeRecommender, examples, cfg: TrainConfig, warmup: int, steps: int
+) -> float:
+    pad = rec.tokenizer.pad_token_id or 0
+    dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+    def collator(rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate([Example(r["input_ids"], r["labels"]) for r in rows], pad)
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "labels": batch.labels,
+        }
+
+    clock = _Clock(rec.model, warmup)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=cfg.batch_size,
+            max_steps=warmup + steps,
+            learning_rate=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.grad_clip,
+            lr_scheduler_type="cosine",
+            warmup_steps=cfg.warmup_ratio,
+            bf16=torch.cuda.is_available(),
+            use_cpu=not torch.cuda.is_available(),
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            seed=cfg.seed,
+        )
+        HFTrainer(
+            model=rec.model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=[clock],
+        ).train()
+    return clock.tokens_per_s
+
+
+def bench(
+    name: str,
+    model_cfg: ModelConfig,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    n_items: int,
+    n_users: int,
+) -> list[Row]:
+    cfg = TrainConfig(batch_size=batch_size, lr=3e-3 if name == "tiny" else 3e-4)
+    fresh = GenerativeRecommender.create(model_cfg, CODEBOOKS, item_texts(n_items), seed=0)
+    fresh.model.to(pick_device())
+    examples = synthetic_examples(fresh, n_items, n_users)
+    rows = []
+    for label, run in (("siit Trainer", ours), ("transformers Trainer", transformers_trainer)):
+        rec = copy.deepcopy(fresh)
+        rows.append(Row(name, n_params(rec.model), label, run(rec, examples, cfg, warmup, steps)))
+        del rec
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--smollm2",
+        default="smollm2-135m",
+        help="model.name_or_path for the smollm2 row (e.g. a local copy)",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 tiny, 8 smollm2")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps; default: 20 tiny, 4 smollm2"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads, 0 = torch default"
+    )
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=500)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device()
+    peak = matmul_peak(device)
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {name}; measured matmul peak {peak / 1e9:.1f} GFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'})"
+    )
+    rows = []
+    for model in args.models:
+        batch = args.batch_size or (64 if model == "tiny" else 8)
+        steps = args.steps or (20 if model == "tiny" else 4)
+        model_cfg = (
+            ModelConfig()
+            if model == "tiny"
+            else ModelConfig(profile="pretrained", name_or_path=args.smollm2)
+        )
+        rows += bench(model, model_cfg, batch, args.warmup, steps, args.items, args.users)
+        print(f"  {model}: batch {batch}, {args.warmup} warm-up + {steps} timed steps", flush=True)
+    print()
+    print(
+        f"| {'model':<8} | {'params':>7} | {'trainer':<20} | {'tokens/s':>9} | {'MFU':>6} | {'ratio':>5} |"
+    )
+    print(f"|{'-' * 10}|{'-' * 9}|{'-' * 22}|{'-' * 11}|{'-' * 8}|{'-' * 7}|")
+    for row in rows:
+        base = next(
+            r for r in rows if r.model == row.model and r.trainer.startswith("transformers")
+        )
+        mfu = 6 * row.params * row.tokens_per_s / peak
+        print(
+            f"| {row.model:<8} | {row.params / 1e6:>6.1f}M | {row.trainer:<20} | {row.tokens_per_s:>9,.0f} "
+            f"| {mfu:>6.1%} | {row.tokens_per_s / base.tokens_per_s:>4.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
