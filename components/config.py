@@ -106,7 +106,7 @@ class ModelConfig(Strict):
 
 class TaskWeights(Strict):
     seqrec: float = Field(1.0, ge=0)
-    item2id: float = Field(1.0, ge=0)
+    item2id: float = Field(5.0, ge=0)
     id2item: float = Field(0.0, ge=0)
 
 
@@ -129,13 +129,13 @@ class SiitConfig(Strict):
     rounds: int = Field(2, ge=0)
     candidates: int = Field(10, ge=1, description="top-B identifiers kept per item")
     beam_size: int = Field(20, ge=1)
-    diversity: float = Field(0.5, ge=0, description="load-aware penalty strength; 0 = off")
+    diversity: float = Field(1.0, ge=0, description="load-aware penalty strength; 0 = off")
     assignment: Literal["greedy", "exact"] = "greedy"
     max_churn: float = Field(
         1.0, gt=0, le=1, description="cap on the fraction of items changing per round"
     )
     min_churn: float = Field(0.01, ge=0, le=1, description="stop refining once churn falls below")
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(32, gt=0)
 
 
 class EvaluateConfig(Strict):
