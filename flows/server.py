@@ -7,6 +7,7 @@ server, about 10 s each. `siit repro` and the tests start one server for all of 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def run_with_server(command: list[str], home: Path) -> int:
     """Run `command` with PREFECT_API_URL pointing at a fresh local server (unless one is set)."""
     if os.environ.get("PREFECT_API_URL"):
         return subprocess.call(command)
+    # the server runs in its own session: make SIGTERM unwind through the cleanup below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with local_prefect_server(home) as url:
         return subprocess.call(
             command, env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
