@@ -35,6 +35,7 @@ from components.data import Dataset  # noqa: E402
 from components.evaluation import evaluate_ranking, recommend_popular  # noqa: E402
 from components.metrics import METRIC_NAMES  # noqa: E402
 from components.paths import Paths  # noqa: E402
+from components.reporting import MODEL_ORDER  # noqa: E402
 
 PIPELINE_SKIP = {"popularity", "sasrec", "improvement"}  # computed here, or not a model
 SPLITS = ("valid", "test")
@@ -171,6 +172,7 @@ def main() -> None:
             "warning: the pipeline's popularity rows differ: not the same split?", file=sys.stderr
         )
     rows.update(generative)
+    rows = {k: rows[k] for k in sorted(rows, key=lambda m: MODEL_ORDER.get(m, len(MODEL_ORDER)))}
 
     threads = torch.get_num_threads()
     print(
