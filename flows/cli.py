@@ -1,4 +1,4 @@
-"""`siit` console script: one sub-command per pipeline stage, plus results and recommendations."""
+"""`siit` console script: one sub-command per pipeline stage, `show` (the results table) and `repro`."""
 
 from __future__ import annotations
 
