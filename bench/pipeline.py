@@ -17,17 +17,26 @@ time splits into (exclusive times, nested calls are not counted twice):
   io       fetching and reading raw data, reading/writing datasets, token maps, models,
            checkpoints, reports and plots
   tracking every MLflow call (components.tracking), its import included
-  imports  importing the flows module (Prefect, torch, transformers, ...)
-  orchestration  the rest: interpreter start, Prefect flow/task runs and their logging
+  startup  the interpreter and the imports until the stage's flow starts (Prefect, torch,
+           transformers, ... whatever the stage's flow module imports)
+  orchestration  the rest: Prefect flow and task runs, their logging, the process exit
 
-"outside" = io + tracking + imports + orchestration; the target is under 10 %.
+"outside" = io + tracking + startup + orchestration; the target is under 10 %.
+Wrappers are installed as each module is imported, so a stage imports only what its own
+`siit <stage>` imports.
+Stages that are not `siit` commands (base_model: the pretrained backbone's download, a
+manifest for the tiny profile) run uninstrumented; all of their time counts as io.
 DVC's own time (hashing, lock file) is not included: stages are run directly.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+import time
+
+STARTED = time.perf_counter()  # a stage process's bench code starts here
+
+from pathlib import Path  # noqa: E402
 
 # The project root instead of bench/ (whose tokenize.py would shadow the stdlib module).
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,27 +46,30 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
 import importlib  # noqa: E402
+import importlib.abc  # noqa: E402
+import importlib.util  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import pkgutil  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from importlib.machinery import ModuleSpec  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import yaml  # noqa: E402
 
-CATEGORIES = ("model", "data", "io", "tracking", "imports", "orchestration")
-OUTSIDE = ("io", "tracking", "imports", "orchestration")
+CATEGORIES = ("model", "data", "io", "tracking", "startup", "orchestration")
+OUTSIDE = ("io", "tracking", "startup", "orchestration")
 
 # What is timed, as "module:function" or "module:Class.method" ("Class.*": its public
-# methods) -> category, named where defined: names imported elsewhere are re-bound too.
-# Missing targets are skipped (and listed) so the bench survives code changes; --time adds.
+# methods) -> category, named where defined: wrapped right after that module runs, so every
+# `from module import name` gets the timed one. A target absent from its module is listed,
+# not fatal, so the bench survives code changes; --time adds targets.
 TARGETS = {
     "components.data.sources:fetch_raw": "io",
     "components.data.sources:load_raw": "io",
@@ -92,8 +104,9 @@ TARGETS = {
     "components.tracking:log_metrics": "tracking",
     "components.tracking:log_artifact": "tracking",
     "components.tracking:log_dict": "tracking",
-    "components.tracking:start_run": "tracking",  # entering and leaving the run only
+    "components.tracking:start_run": "tracking",
 }
+CONTEXT_MANAGERS = {"components.tracking:start_run"}  # entry and exit timed, not the body
 
 # The default run's override: the synthetic source (300 users, 120 items), a small codebook,
 # one epoch per training round.
@@ -150,46 +163,35 @@ class Profile:
 
         return timed
 
-    def instrument(self, target: str, category: str) -> bool:
-        """Replace `module:name` / `module:Class.name` by a timed version; False if absent."""
-        module_name, _, path = target.partition(":")
-        try:
-            owner = importlib.import_module(module_name)
-        except ImportError:
-            return False
+    def instrument(
+        self, module: ModuleType, path: str, category: str, context: bool = False
+    ) -> bool:
+        """Replace `name` / `Class.name` / `Class.*` of a loaded module by timed versions."""
         class_name, _, name = path.rpartition(".")
+        owner: object = module
         if class_name:
-            owner = getattr(owner, class_name, None)
+            owner = getattr(module, class_name, None)
             if not inspect.isclass(owner):
                 return False
             if name == "*":
                 public = [n for n, v in vars(owner).items() if _is_method(n, v)]
-                return all(self._patch(owner, n, category) for n in public) and bool(public)
+                for method in public:
+                    self._patch(owner, method, category)
+                return bool(public)
         if not hasattr(owner, name):
             return False
-        original = inspect.getattr_static(owner, name)
-        wrapped = self._patch(owner, name, category)
-        if not class_name:  # `from module import name` elsewhere holds the original
-            for module in list(sys.modules.values()):
-                if getattr(module, "__name__", "").partition(".")[0] in ("flows", "components"):
-                    for key, value in list(vars(module).items()):
-                        if value is original:
-                            setattr(module, key, wrapped)
+        self._patch(owner, name, category, context)
         return True
 
-    def _patch(self, owner: object, name: str, category: str) -> object:
+    def _patch(self, owner: object, name: str, category: str, context: bool = False) -> None:
         raw = inspect.getattr_static(owner, name)
-        if getattr(getattr(raw, "__func__", raw), "__wrapped_by_bench__", False):
-            return raw
         if isinstance(raw, classmethod | staticmethod):
             wrapped = type(raw)(self.wrap(category, raw.__func__))
-        elif name == "start_run":
+        elif context:
             wrapped = self.wrap_context(category, raw)
         else:
             wrapped = self.wrap(category, raw)
-        (wrapped.__func__ if hasattr(wrapped, "__func__") else wrapped).__wrapped_by_bench__ = True
         setattr(owner, name, wrapped)
-        return wrapped
 
 
 def _is_method(name: str, value: object) -> bool:
@@ -198,20 +200,75 @@ def _is_method(name: str, value: object) -> bool:
     return inspect.isfunction(value) or isinstance(value, classmethod | staticmethod)
 
 
-def worker(out_file: Path, siit_args: list[str], extra: dict[str, str]) -> int:
-    from flows.env import configure_environment
+class InstrumentOnImport(importlib.abc.MetaPathFinder):
+    """Installs the timing wrappers the moment a target's module has been executed.
 
-    configure_environment()
+    Only what the stage itself imports gets imported (and wrapped), and every later
+    `from module import name` already receives the wrapped function.
+    """
+
+    def __init__(
+        self, profile: Profile, targets: dict[str, str], on_flow_start: Callable[[], None]
+    ) -> None:
+        self.profile = profile
+        self.by_module: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for target, category in targets.items():
+            module, _, path = target.partition(":")
+            self.by_module[module].append((path, category))
+        self.on_flow_start = on_flow_start
+        self.absent: list[str] = []
+
+    def find_spec(self, name: str, path: object, target: object = None) -> ModuleSpec | None:
+        if name not in self.by_module and name != "prefect.flows":
+            return None
+        sys.meta_path.remove(self)  # let the other finders find it
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is not None and spec.loader is not None:
+            execute = spec.loader.exec_module
+
+            def exec_module(module: ModuleType) -> None:
+                execute(module)
+                self.loaded(module)
+
+            spec.loader.exec_module = exec_module  # a per-module loader instance
+        return spec
+
+    def loaded(self, module: ModuleType) -> None:
+        if module.__name__ == "prefect.flows":
+            call = module.Flow.__call__
+
+            @functools.wraps(call)
+            def flow_call(*args, **kwargs):
+                self.on_flow_start()
+                return call(*args, **kwargs)
+
+            module.Flow.__call__ = flow_call
+        for path, category in self.by_module.get(module.__name__, []):
+            target = f"{module.__name__}:{path}"
+            if not self.profile.instrument(module, path, category, target in CONTEXT_MANAGERS):
+                self.absent.append(target)
+
+
+def worker(out_file: Path, siit_args: list[str], extra: dict[str, str], started: float) -> int:
+    """One `siit` command with timing wrappers; writes the seconds per category to out_file."""
     profile = Profile()
-    with profile.timing("imports"):  # every stage flow: Prefect, torch, transformers, ...
-        import flows
-        import flows.cli
+    flow_start: list[tuple[float, float]] = []  # (time, seconds timed so far) at the first flow
 
-        for module in pkgutil.iter_modules(flows.__path__):
-            importlib.import_module(f"flows.{module.name}")
-    missing = [t for t, c in {**TARGETS, **extra}.items() if not profile.instrument(t, c)]
+    def on_flow_start() -> None:
+        if not flow_start:
+            flow_start.append((time.perf_counter(), sum(profile.seconds.values())))
+
+    hook = InstrumentOnImport(profile, {**TARGETS, **extra}, on_flow_start)
+    sys.meta_path.insert(0, hook)
+    import flows.cli
+
     rc = flows.cli.main(siit_args)
-    out_file.write_text(json.dumps({"seconds": profile.seconds, "missing": missing}))
+    at, timed = flow_start[0] if flow_start else (time.perf_counter(), 0.0)
+    seconds = {**profile.seconds, "startup": at - started - timed}
+    out_file.write_text(json.dumps({"seconds": seconds, "started": started, "absent": hook.absent}))
     return rc
 
 
@@ -224,16 +281,24 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def stage_commands(root: Path) -> list[tuple[str, list[str]]]:
-    """(stage, siit arguments) in dvc.yaml order; stages not run by `siit` are skipped."""
+    """(stage, command) in dvc.yaml order."""
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    out = []
-    for name, stage in stages.items():
-        cmd = shlex.split(stage["cmd"] if isinstance(stage["cmd"], str) else stage["cmd"][0])
-        if cmd and cmd[0] == "siit":
-            out.append((name, cmd[1:]))
-        else:
-            print(f"skipping stage {name!r}: not a siit command ({stage['cmd']})", file=sys.stderr)
-    return out
+    return [
+        (name, shlex.split(stage["cmd"] if isinstance(stage["cmd"], str) else stage["cmd"][0]))
+        for name, stage in stages.items()
+    ]
+
+
+def run_other(root: Path, cmd: list[str], env: dict) -> dict:
+    """A stage that is not a `siit` command, uninstrumented: all of its time counts as io."""
+    if cmd[0] in ("python", "python3"):
+        cmd = [sys.executable, *cmd[1:]]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    return {"wall": wall, **dict.fromkeys(CATEGORIES, 0.0), "io": wall, "absent": []}
 
 
 def prepare_root(args: argparse.Namespace) -> tuple[Path, str]:
@@ -263,8 +328,10 @@ def run_stage(root: Path, siit_args: list[str], extra: list[str], env: dict) -> 
             raise SystemExit(f"siit {' '.join(siit_args)} failed:\n{proc.stderr[-4000:]}")
         profile = json.loads(out_file.read_text())
     seconds = {c: float(profile["seconds"].get(c, 0.0)) for c in CATEGORIES}
+    # perf_counter is CLOCK_MONOTONIC, one clock for both processes: the interpreter's own start
+    seconds["startup"] += profile["started"] - start
     seconds["orchestration"] = wall - sum(v for c, v in seconds.items() if c != "orchestration")
-    return {"wall": wall, **seconds, "missing": profile["missing"]}
+    return {"wall": wall, **seconds, "absent": profile["absent"]}
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -292,7 +359,7 @@ def main() -> int:
     args = parser.parse_args()
     extra = dict(t.split("=", 1) for t in args.time)
     if args.worker:
-        return worker(Path(args.worker), args.siit_args, extra)
+        return worker(Path(args.worker), args.siit_args, extra, STARTED)
     if args.in_place and (args.keep or args.params != "params.yaml" and not args.full):
         parser.error("--in-place runs the project's own params file: use it with --full")
 
@@ -303,7 +370,7 @@ def main() -> int:
     os.chdir(root)  # PREFECT_HOME and the MLflow database default to the run directory
     configure_environment()
     rows: dict[str, dict] = {}
-    missing: set[str] = set()
+    absent: set[str] = set()
     start = time.perf_counter()
     server = local_prefect_server(Path(os.environ["PREFECT_HOME"]))
     url = server.__enter__()
@@ -312,10 +379,13 @@ def main() -> int:
     rows["prefect server start"]["orchestration"] = rows["prefect server start"]["wall"]
     env = {**os.environ, "PREFECT_API_URL": url}
     try:
-        for name, siit_args in stage_commands(root):
-            print(f"stage {name}: siit {' '.join(siit_args)}", file=sys.stderr)
-            row = run_stage(root, ["--params", params_file, *siit_args], args.time, env)
-            missing.update(row.pop("missing"))
+        for name, cmd in stage_commands(root):
+            print(f"stage {name}: {shlex.join(cmd)}", file=sys.stderr)
+            if cmd[0] == "siit":
+                row = run_stage(root, ["--params", params_file, *cmd[1:]], args.time, env)
+            else:
+                row = run_other(root, cmd, env)
+            absent.update(row.pop("absent"))
             rows[name] = row
     finally:
         server.__exit__(None, None, None)
@@ -330,11 +400,11 @@ def main() -> int:
     outside = sum(total[c] for c in OUTSIDE)
     print(
         f"\noutside model compute: {100 * outside / total['wall']:.1f}% of {total['wall']:.1f} s "
-        f"(io + tracking + imports + orchestration; model + data = "
+        f"(io + tracking + startup + orchestration; model + data = "
         f"{total['model'] + total['data']:.1f} s)"
     )
-    if missing:
-        print(f"not instrumented (absent): {', '.join(sorted(missing))}", file=sys.stderr)
+    if absent:
+        print(f"not instrumented (absent): {', '.join(sorted(absent))}", file=sys.stderr)
     if not args.keep and not args.in_place:
         shutil.rmtree(root, ignore_errors=True)
     return 0
