@@ -6,21 +6,26 @@ ranking (as RecBole does) when `exclude_seen` is on.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
-import torch
 
 from components.config import EvaluateConfig
 from components.data import EvalSplit
 from components.metrics import ranking_metrics
-from components.model.decoding import PrefixTrie, constrained_beam_search
-from components.model.prompts import PromptBuilder
-from components.model.recommender import GenerativeRecommender
+
+if TYPE_CHECKING:  # torch and the model are imported where used: the report stage needs neither
+    import torch
+
+    from components.model.recommender import GenerativeRecommender
 
 
 def seen_mask(
     seen: list[np.ndarray], n_items: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
+    import torch
+
     mask = torch.zeros((len(seen), n_items), dtype=torch.bool, device=device)
     for row, items in enumerate(seen):
         mask[row, torch.as_tensor(items, dtype=torch.long, device=device)] = True
@@ -31,6 +36,9 @@ def recommend_generative(
     rec: GenerativeRecommender, codes: np.ndarray, split: EvalSplit, cfg: EvaluateConfig
 ) -> np.ndarray:
     """Top-k item indices per user by trie-constrained beam search: int [n_users, k], -1 pads."""
+    from components.model.decoding import PrefixTrie, constrained_beam_search
+    from components.model.prompts import PromptBuilder
+
     rec.model.eval()
     prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
     trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)

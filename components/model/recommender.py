@@ -32,7 +32,9 @@ class GenerativeRecommender:
     profile: str = "tiny"
 
     def __post_init__(self) -> None:
-        tokens = [[code_token(lvl, c) for c in range(k)] for lvl, k in enumerate(self.codebook_sizes)]
+        tokens = [
+            [code_token(lvl, c) for c in range(k)] for lvl, k in enumerate(self.codebook_sizes)
+        ]
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
         unk = self.tokenizer.unk_token_id
         if any(i is None or i == unk for level in ids for i in level):
@@ -53,11 +55,15 @@ class GenerativeRecommender:
         codes = np.asarray(codes)
         if codes.shape[1] != self.levels:
             raise ValueError(f"token map has {codes.shape[1]} levels, the model {self.levels}")
-        return np.stack([self.code_token_ids[lvl].numpy()[codes[:, lvl]] for lvl in range(self.levels)], axis=1)
+        return np.stack(
+            [self.code_token_ids[lvl].numpy()[codes[:, lvl]] for lvl in range(self.levels)], axis=1
+        )
 
     # construction -------------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int) -> GenerativeRecommender:
+    def create(
+        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int
+    ) -> GenerativeRecommender:
         if cfg.profile == "tiny":
             return cls._create_tiny(cfg, codebook_sizes, texts, seed)
         from components.model.pretrained import create_pretrained
@@ -67,9 +73,13 @@ class GenerativeRecommender:
         return cls(model, tokenizer, tuple(codebook_sizes), profile="pretrained")
 
     @classmethod
-    def _create_tiny(cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int) -> GenerativeRecommender:
+    def _create_tiny(
+        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int
+    ) -> GenerativeRecommender:
         tokenizer = fit_text_tokenizer(list(texts) + template_texts(), cfg.text_vocab_size)
-        tokenizer.add_tokens([code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)])
+        tokenizer.add_tokens(
+            [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)]
+        )
         config = LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=cfg.hidden_size,
@@ -110,7 +120,9 @@ class GenerativeRecommender:
         path = Path(path)
         meta_path = path / META_FILE
         if not meta_path.exists():
-            raise FileNotFoundError(f"{path}: not a saved generative recommender ({META_FILE} missing)")
+            raise FileNotFoundError(
+                f"{path}: not a saved generative recommender ({META_FILE} missing)"
+            )
         meta = json.loads(meta_path.read_text())
         if meta["profile"] == "pretrained":
             from components.model.pretrained import load_pretrained

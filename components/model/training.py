@@ -30,7 +30,9 @@ from components.model import distributed
 from components.model.prompts import IGNORE, Example, PromptBuilder
 
 
-def seqrec_examples(prompts: PromptBuilder, sequences: list[np.ndarray], max_history: int) -> list[Example]:
+def seqrec_examples(
+    prompts: PromptBuilder, sequences: list[np.ndarray], max_history: int
+) -> list[Example]:
     """Each training target exactly once, with up to `max_history` items of context.
 
     A sequence is cut into windows of `max_history + max_history` items whose last
@@ -48,7 +50,11 @@ def seqrec_examples(prompts: PromptBuilder, sequences: list[np.ndarray], max_his
             end = min(end, n)
             start_target = max(first_end, end - stride)
             window_start = max(0, start_target - max_history)
-            out.append(prompts.seqrec_window(seq[window_start:end], min_history=start_target - window_start))
+            out.append(
+                prompts.seqrec_window(
+                    seq[window_start:end], min_history=start_target - window_start
+                )
+            )
             first_end = end
     return out
 
@@ -67,16 +73,26 @@ def task_examples(
 
     def sample(pool: list[Example], weight: float) -> list[Example]:
         whole, frac = int(weight), weight - int(weight)
-        extra = [pool[i] for i in rng.choice(len(pool), int(round(frac * len(pool))), replace=False)] if frac else []
+        extra = (
+            [pool[i] for i in rng.choice(len(pool), int(round(frac * len(pool))), replace=False)]
+            if frac
+            else []
+        )
         return pool * whole + extra
 
     out: dict[str, list[Example]] = {}
     if weights.seqrec > 0:
-        out["seqrec"] = sample(seqrec_examples(prompts, train_sequences, max_history), weights.seqrec)
+        out["seqrec"] = sample(
+            seqrec_examples(prompts, train_sequences, max_history), weights.seqrec
+        )
     if weights.item2id > 0:
-        out["item2id"] = sample([prompts.item2id(t, i) for i, t in enumerate(texts)], weights.item2id)
+        out["item2id"] = sample(
+            [prompts.item2id(t, i) for i, t in enumerate(texts)], weights.item2id
+        )
     if weights.id2item > 0:
-        out["id2item"] = sample([prompts.id2item(i, t) for i, t in enumerate(titles)], weights.id2item)
+        out["id2item"] = sample(
+            [prompts.id2item(i, t) for i, t in enumerate(titles)], weights.id2item
+        )
     return out
 
 
@@ -89,7 +105,11 @@ class Batch:
 
 
 def length_bucketed_batches(
-    examples: list[Example], batch_size: int, pad_id: int, rng: np.random.Generator, bucket_factor: int = 50
+    examples: list[Example],
+    batch_size: int,
+    pad_id: int,
+    rng: np.random.Generator,
+    bucket_factor: int = 50,
 ) -> Iterator[Batch]:
     """Shuffle, sort within large buckets by length, batch, shuffle batches: little padding."""
     order = rng.permutation(len(examples))
@@ -180,7 +200,9 @@ class Trainer:
     run resumes exactly. Under torchrun it trains data-parallel (DDP) with the same steps.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int
+    ) -> None:
         self.model = model
         self.cfg = cfg
         device = next(model.parameters()).device
@@ -199,7 +221,10 @@ class Trainer:
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=cfg.lr,
             betas=(0.9, 0.98),
         )
@@ -218,7 +243,10 @@ class Trainer:
         for batch in batches:
             batch, share = shard(batch) if self.data_parallel else (batch, 1.0)
             batch = Batch(
-                batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device), batch.n_label_tokens
+                batch.input_ids.to(device),
+                batch.attention_mask.to(device),
+                batch.labels.to(device),
+                batch.n_label_tokens,
             )
             with _cuda_precision(device):
                 loss = self._loss(batch.input_ids, batch.attention_mask, batch.labels)

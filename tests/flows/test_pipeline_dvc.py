@@ -95,8 +95,21 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     first = run([str(BIN / "dvc"), "repro"], root, env)
     stages = ran_stages(first.stdout)
-    assert set(stages) == {"prepare", "validate", "tokenize", "base_model", "train_static", "train_siit", "report"}
-    assert stages.index("prepare") < stages.index("validate") < stages.index("tokenize") < stages.index("train_static")
+    assert set(stages) == {
+        "prepare",
+        "validate",
+        "tokenize",
+        "base_model",
+        "train_static",
+        "train_siit",
+        "report",
+    }
+    assert (
+        stages.index("prepare")
+        < stages.index("validate")
+        < stages.index("tokenize")
+        < stages.index("train_static")
+    )
     assert stages[-1] == "report"
 
     metrics = json.loads((root / "reports/metrics.json").read_text())

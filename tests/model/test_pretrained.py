@@ -24,6 +24,7 @@ from components.model.prompts import PromptBuilder, template_texts
 from components.model.recommender import GenerativeRecommender, pick_device
 from components.model.text_tokenizer import BOS, EOS, UNK, fit_text_tokenizer
 from components.model.training import Trainer, length_bucketed_batches
+from flows.cli import main
 
 COLOURS = ["red", "blue", "green", "black", "white", "pink", "gray", "gold"]
 THINGS = ["apple", "boat", "car", "dog", "egg", "fish", "goat", "hat"]
@@ -229,13 +230,13 @@ def test_base_model_stage_writes_a_manifest(tiny_base: Path, tmp_path: Path) -> 
     params = tmp_path / "params.yaml"
     manifest = tmp_path / "artifacts" / "base_model.json"
     params.write_text(yaml.safe_dump({"model": {"profile": "tiny"}}))
-    pretrained.main(["--params", str(params), "--manifest", str(manifest)])
+    assert main(["--params", str(params), "base_model", "--manifest", str(manifest)]) == 0
     assert json.loads(manifest.read_text()) == {"profile": "tiny"}  # nothing to fetch
 
     params.write_text(
         yaml.safe_dump({"model": {"profile": "pretrained", "name_or_path": str(tiny_base)}})
     )
-    pretrained.main(["--params", str(params), "--manifest", str(manifest)])
+    assert main(["--params", str(params), "base_model", "--manifest", str(manifest)]) == 0
     written = json.loads(manifest.read_text())
     digest = hashlib.sha256((tiny_base / "model.safetensors").read_bytes()).hexdigest()
     assert written == {
