@@ -27,20 +27,43 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--manifest", default="artifacts/base_model.json")
     sub.add_parser("show", help="print reports/metrics.json as a table")
     repro = sub.add_parser("repro", help="`dvc repro` with one local Prefect server for all stages")
-    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed to dvc repro")
+    repro.add_argument("dvc_args", nargs="*", help="passed to dvc repro")
+    exp = sub.add_parser(
+        "exp",
+        help="`dvc exp ...` (e.g. `siit exp run -S train.lr=0.001`) with one local Prefect server",
+    )
+    exp.add_argument("dvc_args", nargs="*", help="passed to dvc exp")
     return parser
 
 
+PASSTHROUGH = ("repro", "exp")  # everything after these goes to dvc untouched
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(siit's own arguments, dvc's) so that `siit repro --force x` keeps dvc's options intact."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--params":
+            i += 2
+            continue
+        if not token.startswith("-"):
+            return (argv[: i + 1], argv[i + 1 :]) if token in PASSTHROUGH else (argv, [])
+        i += 1
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else list(argv))
+    args = _parser().parse_args(own)
     configure_environment()
     if args.command == "show":
         return _show()
-    if args.command == "repro":
+    if args.command in ("repro", "exp"):
         from flows.server import run_with_server
 
         dvc = str(Path(sys.executable).parent / "dvc")
-        return run_with_server([dvc, "repro", *args.dvc_args], Path(os.environ["PREFECT_HOME"]))
+        return run_with_server([dvc, args.command, *passthrough], Path(os.environ["PREFECT_HOME"]))
     if args.command == "base_model":
         from components.config import ConfigError
         from components.model.base_model import write_manifest

@@ -71,12 +71,18 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: f
 
 
 def run_with_server(command: list[str], home: Path) -> int:
-    """Run `command` with PREFECT_API_URL pointing at a fresh local server (unless one is set)."""
+    """Run `command` with PREFECT_API_URL pointing at a fresh local server (unless one is set).
+
+    This environment's bin directory goes first on PATH, so the stages' `siit` commands run
+    with the same installation even when the virtual environment is not activated.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     if os.environ.get("PREFECT_API_URL"):
-        return subprocess.call(command)
+        return subprocess.call(command, env=env)
     # the server runs in its own session: make SIGTERM unwind through the cleanup below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with local_prefect_server(home) as url:
         return subprocess.call(
-            command, env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+            command, env={**env, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
         )
