@@ -24,8 +24,8 @@ time splits into (exclusive times, nested calls are not counted twice):
 "outside" = io + tracking + startup + orchestration; the target is under 10 %.
 Wrappers are installed as each module is imported, so a stage imports only what its own
 `siit <stage>` imports.
-Stages that are not `siit` commands (base_model: the pretrained backbone's download, a
-manifest for the tiny profile) run uninstrumented; all of their time counts as io.
+Stages that are not `siit` commands (none in today's dvc.yaml) run uninstrumented; all of
+their time counts as io.
 DVC's own time (hashing, lock file) is not included: stages are run directly.
 """
 
