@@ -8,10 +8,14 @@ MODEL_ORDER = {"popularity": 0, "sasrec": 1, "static": 2, "siit": 3}
 
 
 def format_metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown table: one row per (model, split), one column per metric."""
+    """Markdown table: one row per (model, split), one column per metric.
+
+    Baselines first, then static, then SIIT (metrics.json is written with sorted keys).
+    """
+    order = {"popularity": 0, "static": 2, "siit": 3}
     header = "| model | split | " + " | ".join(METRIC_NAMES) + " |"
     lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 2)]
-    for model, splits in metrics.items():
+    for model, splits in sorted(metrics.items(), key=lambda kv: (order.get(kv[0], 1), kv[0])):
         if model == "improvement":
             continue
         for split in ("valid", "test"):

@@ -1,0 +1,33 @@
+"""The side-by-side table `siit show` prints."""
+
+from __future__ import annotations
+
+from components.reporting import format_metrics_table
+
+VALUES = {"recall@5": 0.1, "recall@10": 0.2, "ndcg@5": 0.05, "ndcg@10": 0.075}
+
+
+def test_rows_are_baselines_then_static_then_siit_whatever_the_file_order() -> None:
+    metrics = {  # sorted keys, as metrics.json is written
+        "improvement": {**{m: 0.1 for m in VALUES}, "average": 0.1},
+        "popularity": {"valid": VALUES, "test": VALUES},
+        "sasrec": {"test": VALUES},
+        "siit": {"valid": VALUES, "test": VALUES},
+        "static": {"valid": VALUES, "test": VALUES},
+    }
+    rows = [line.split("|")[1:3] for line in format_metrics_table(metrics).splitlines()[2:]]
+    assert [(m.strip(), s.strip()) for m, s in rows] == [
+        ("popularity", "valid"),
+        ("popularity", "test"),
+        ("sasrec", "test"),
+        ("static", "valid"),
+        ("static", "test"),
+        ("siit", "valid"),
+        ("siit", "test"),
+        ("siit vs static", "test"),
+    ]
+    assert (
+        format_metrics_table(metrics)
+        .splitlines()[-1]
+        .endswith("| +10.0% | +10.0% | +10.0% | +10.0% |")
+    )
