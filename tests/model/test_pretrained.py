@@ -73,6 +73,22 @@ def new_token_ids(rec: GenerativeRecommender) -> torch.Tensor:
     return torch.cat(rec.code_token_ids)
 
 
+def decode_identifiers(
+    rec: GenerativeRecommender, prompts: PromptBuilder, beam_size: int, top_k: int
+):
+    """Every item's identifier beam-searched from its text prompt (item2id), trie-constrained."""
+    rec.model.eval()
+    return constrained_beam_search(
+        rec.model,
+        [prompts.item2id_prompt(t) for t in TEXTS],
+        rec.code_token_ids,
+        PrefixTrie.from_codes(CODES, CODEBOOKS),
+        beam_size=beam_size,
+        top_k=top_k,
+        pad_id=rec.tokenizer.pad_token_id,
+    )
+
+
 def perturb_adapters(model: torch.nn.Module) -> None:
     """Move LoRA B and the new rows away from their init, as training would."""
     gen = torch.Generator().manual_seed(1)
@@ -133,17 +149,7 @@ def test_learns_to_memorise_identifiers_and_changes_only_the_new_rows(tiny_base:
     ]
     assert losses[-1] < 0.05 * losses[0]
 
-    rec.model.eval()
-    trie = PrefixTrie.from_codes(CODES, CODEBOOKS)
-    found = constrained_beam_search(
-        rec.model,
-        [prompts.item2id_prompt(t) for t in TEXTS],
-        rec.code_token_ids,
-        trie,
-        beam_size=4,
-        top_k=1,
-        pad_id=pad,
-    )
+    found = decode_identifiers(rec, prompts, beam_size=4, top_k=1)
     assert found.leaves[:, 0].tolist() == list(range(len(TEXTS)))
 
     old = torch.ones(before["input"].shape[0], dtype=torch.bool)
@@ -265,17 +271,7 @@ def test_real_smollm2_takes_a_lora_step_and_decodes_identifiers(tmp_path: Path) 
     old[ids] = False
     assert torch.equal(after[old], before[old]) and not torch.equal(after[ids], before[ids])
 
-    rec.model.eval()
-    trie = PrefixTrie.from_codes(CODES, CODEBOOKS)
-    found = constrained_beam_search(
-        rec.model,
-        [prompts.item2id_prompt(t) for t in TEXTS],
-        rec.code_token_ids,
-        trie,
-        beam_size=5,
-        top_k=3,
-        pad_id=pad,
-    )
+    found = decode_identifiers(rec, prompts, beam_size=5, top_k=3)
     leaves = found.leaves.numpy()
     assert ((leaves >= 0) & (leaves < len(CODES))).all()
     for row in range(len(TEXTS)):
