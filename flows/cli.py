@@ -1,4 +1,5 @@
-"""`siit` console script: one sub-command per pipeline stage, `show` (the results table) and `repro`."""
+"""`siit` console script: one sub-command per pipeline stage, `show` (the results table),
+`repro` and `exp` (dvc with one local Prefect server; their arguments go to dvc untouched)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     base.add_argument("--manifest", default="artifacts/base_model.json")
     sub.add_parser("show", help="print reports/metrics.json as a table")
-    repro = sub.add_parser("repro", help="`dvc repro` with one local Prefect server for all stages")
-    repro.add_argument("dvc_args", nargs="*", help="passed to dvc repro")
-    exp = sub.add_parser(
+    sub.add_parser("repro", help="`dvc repro ...` with one local Prefect server for all stages")
+    sub.add_parser(
         "exp",
         help="`dvc exp ...` (e.g. `siit exp run -S train.lr=0.001`) with one local Prefect server",
     )
-    exp.add_argument("dvc_args", nargs="*", help="passed to dvc exp")
     return parser
 
 
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     if args.command == "show":
         return _show()
-    if args.command in ("repro", "exp"):
+    if args.command in PASSTHROUGH:
         from flows.server import run_with_server
 
         dvc = str(Path(sys.executable).parent / "dvc")
