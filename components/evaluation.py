@@ -85,7 +85,8 @@ def evaluate_ranking(ranked: np.ndarray, split: EvalSplit) -> dict[str, float]:
 def recommendations_frame(
     model: str, split: EvalSplit, ranked: np.ndarray, item_ids: list[str]
 ) -> pl.DataFrame:
-    """Long format (model, user_id, rank, item_id) so anyone can recompute the metrics."""
+    """Long format (model, user_id, rank, item_id, target_item_id): the metrics can be
+    recomputed from this frame alone (`metrics_from_recommendations`)."""
     n_users, k = ranked.shape
     flat = ranked.reshape(-1)
     keep = flat >= 0
@@ -96,6 +97,35 @@ def recommendations_frame(
             "user_id": np.repeat(np.asarray(split.user_ids, dtype=object), k)[keep].tolist(),
             "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n_users)[keep],
             "item_id": ids[flat[keep]].tolist(),
+            "target_item_id": np.repeat(ids[split.targets], k)[keep].tolist(),
         },
-        schema={"model": pl.Utf8, "user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8},
+        schema={
+            "model": pl.Utf8,
+            "user_id": pl.Utf8,
+            "rank": pl.Int32,
+            "item_id": pl.Utf8,
+            "target_item_id": pl.Utf8,
+        },
     )
+
+
+def metrics_from_recommendations(frame: pl.DataFrame, top_k: int) -> dict[str, dict[str, float]]:
+    """Recall/NDCG@5/10 per model from a `recommendations_frame` (e.g. the exported test file).
+
+    Every user of the split appears at least once per model when its ranked list was not empty;
+    a user with an empty list has no row and would be lost, which the decoder rules out.
+    """
+    out = {}
+    for (model,), rows in frame.group_by("model", maintain_order=True):
+        users = rows.get_column("user_id").unique(maintain_order=True).to_list()
+        index = {u: i for i, u in enumerate(users)}
+        codes = {v: i for i, v in enumerate(rows.get_column("item_id").unique().to_list())}
+        ranked = np.full((len(users), top_k), -1, dtype=np.int64)
+        targets = np.full(len(users), -2, dtype=np.int64)
+        for user, rank, item, target in rows.select(
+            "user_id", "rank", "item_id", "target_item_id"
+        ).iter_rows():
+            ranked[index[user], rank - 1] = codes[item]
+            targets[index[user]] = codes.get(target, -2)
+        out[model] = ranking_metrics(ranked, targets)
+    return out

@@ -29,7 +29,9 @@ class EvalSplit:
     """One leave-one-out split; row i belongs to user_ids[i]. All item indices are int64.
 
     histories: the most recent max_history items before the target, oldest first;
-    seen: every distinct item the user had before the target (excluded from rankings).
+    seen: every distinct item the user had before the target, except the target itself
+    (excluded from rankings: a repeat consumption of the target stays rankable, the other
+    items already seen do not).
     """
 
     user_ids: list[str]
@@ -107,11 +109,12 @@ class Dataset:
             raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
         cut = _HELD_OUT[split]
         before = [seq[: len(seq) - cut] for seq in self.sequences]
+        targets = np.array([seq[len(seq) - cut] for seq in self.sequences], dtype=np.int64)
         return EvalSplit(
             user_ids=list(self.user_ids),
             histories=[b[-self.max_history :] for b in before],
-            targets=np.array([seq[len(seq) - cut] for seq in self.sequences], dtype=np.int64),
-            seen=[np.unique(b) for b in before],
+            targets=targets,
+            seen=[np.setdiff1d(b, [t]) for b, t in zip(before, targets, strict=True)],
         )
 
     def popularity(self) -> np.ndarray:

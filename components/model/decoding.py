@@ -18,7 +18,15 @@ import torch
 
 @dataclass(frozen=True)
 class PrefixTrie:
+    """children[l][node, code]: the node at depth l+1 (the item index at the last level), -1 if none.
+
+    item_nodes[l][item]: the node at depth l+1 that each item lies under (levels 0..L-2), so a
+    per-user exclusion mask can be counted per prefix and prefixes with nothing left pruned.
+    Empty for the unconstrained trie (no items).
+    """
+
     children: tuple[torch.Tensor, ...]
+    item_nodes: tuple[torch.Tensor, ...] = ()
 
     @property
     def levels(self) -> int:
@@ -31,7 +39,7 @@ class PrefixTrie:
         n, levels = codes.shape
         node = np.zeros(n, dtype=np.int64)
         n_nodes = 1
-        children = []
+        children, item_nodes = [], []
         for lvl, size in enumerate(codebook_sizes):
             table = np.full((n_nodes, size), -1, dtype=np.int32)
             if lvl == levels - 1:
@@ -42,8 +50,9 @@ class PrefixTrie:
                 uniq, node = np.unique(node * size + codes[:, lvl], return_inverse=True)
                 table.reshape(-1)[uniq] = np.arange(len(uniq))
                 n_nodes = len(uniq)
+                item_nodes.append(torch.from_numpy(node.copy()))
             children.append(torch.from_numpy(table))
-        return cls(tuple(children))
+        return cls(tuple(children), tuple(item_nodes))
 
     @classmethod
     def unconstrained(cls, codebook_sizes: tuple[int, ...]) -> PrefixTrie:
@@ -51,7 +60,25 @@ class PrefixTrie:
         return cls(tuple(torch.zeros((1, size), dtype=torch.int32) for size in codebook_sizes))
 
     def to(self, device: torch.device) -> PrefixTrie:
-        return PrefixTrie(tuple(t.to(device) for t in self.children))
+        return PrefixTrie(
+            tuple(t.to(device) for t in self.children), tuple(t.to(device) for t in self.item_nodes)
+        )
+
+    def open_nodes(self, exclude: torch.Tensor) -> list[torch.Tensor]:
+        """Per level below the root: bool [batch, n_nodes], True where a prefix still holds an
+        item that `exclude` (bool [batch, n_items]) does not exclude."""
+        if len(self.item_nodes) != self.levels - 1:
+            raise ValueError("exclusions need a trie built from item codes (PrefixTrie.from_codes)")
+        keep = (~exclude).to(torch.int32)
+        out = []
+        for lvl, nodes in enumerate(self.item_nodes):
+            n_nodes = int(self.children[lvl + 1].shape[0])
+            left = torch.zeros(
+                (exclude.shape[0], n_nodes), dtype=torch.int32, device=exclude.device
+            )
+            left.index_add_(1, nodes, keep)
+            out.append(left > 0)
+        return out
 
 
 @dataclass(frozen=True)
@@ -84,12 +111,21 @@ def constrained_beam_search(
     pad_id: int = 0,
     exclude: torch.Tensor | None = None,
     level_bias: list[torch.Tensor] | None = None,
+    groups: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> BeamResult:
-    """Beam search the `top_k` best identifiers after each prompt.
+    """Beam search the `top_k` best identifiers after each prompt (or each group of prompts).
 
-    exclude: optional bool [batch, n_items]; leaves set there are masked at the last level
-    (items the user has already seen). level_bias: optional per-level float [K_l] added to the
-    ranking score only (not to the returned log-probabilities), e.g. a load-aware penalty.
+    exclude: optional bool [groups, n_items], items that may not be returned (a user's seen
+    items). They are pruned at every level: a prefix whose items are all excluded is never
+    expanded, so the top-k holds k items whenever that many are not excluded (beam >= top_k).
+    level_bias: optional per-level float [K_l] added to the ranking score only (not to the
+    returned log-probabilities), e.g. a load-aware penalty.
+    groups: optional long [n_prompts], the group (0..G-1) of each prompt. The prompts of a
+    group share their beams, and a beam's score is the weighted sum (`weights`, float
+    [n_prompts], default 1) of its log-probability after each of them: e.g. an item's identifier
+    scored by the mean log-probability over the histories that lead to it. Without `groups`,
+    every prompt is its own group.
     """
     device = next(model.parameters()).device
     cache_kw = _cache_kwarg(model)
@@ -115,44 +151,62 @@ def constrained_beam_search(
     cache = _output_cache(out)
     next_pos = lengths.clone()
 
+    grouped = groups is not None
+    if grouped:
+        groups = groups.to(device=device, dtype=torch.long)
+        n_groups = int(groups.max()) + 1
+        row_weight = (
+            torch.ones(batch, device=device) if weights is None else weights.to(device).float()
+        )
+    else:
+        groups, n_groups = torch.arange(batch, device=device), batch
     children = [c.to(device) for c in trie.children]
     token_ids = [t.to(device) for t in code_token_ids]
-    nodes = torch.zeros((batch, 1), dtype=torch.long, device=device)
-    scores = torch.zeros((batch, 1), device=device)
-    codes = torch.zeros((batch, 1, 0), dtype=torch.long, device=device)
-    rows = torch.arange(batch, device=device)
+    open_nodes = trie.to(device).open_nodes(exclude.to(device)) if exclude is not None else None
+    nodes = torch.zeros((n_groups, 1), dtype=torch.long, device=device)
+    scores = torch.zeros((n_groups, 1), device=device)
+    codes = torch.zeros((n_groups, 1, 0), dtype=torch.long, device=device)
+    group_rows = torch.arange(n_groups, device=device)[:, None, None]
+    prompt_rows = torch.arange(batch, device=device)
     for lvl in range(levels):
         n_beams, size = nodes.shape[1], token_ids[lvl].numel()
         step = logp[:, token_ids[lvl]].view(batch, n_beams, size)
-        child = children[lvl][nodes.clamp(min=0)].long()  # [batch, beams, K]
+        if grouped:
+            step = torch.zeros((n_groups, n_beams, size), device=device).index_add_(
+                0, groups, step * row_weight[:, None, None]
+            )
+        child = children[lvl][nodes.clamp(min=0)].long()  # [groups, beams, K]
         valid = (child >= 0) & torch.isfinite(scores)[..., None]
-        if exclude is not None and lvl == levels - 1:
-            valid &= ~exclude[rows[:, None, None], child.clamp(min=0)]
+        if open_nodes is not None:
+            allowed = ~exclude.to(device) if lvl == levels - 1 else open_nodes[lvl]
+            valid &= allowed[group_rows, child.clamp(min=0)]
         total = scores[..., None] + step
         rank = total if level_bias is None else total + level_bias[lvl].to(device)
-        rank = rank.masked_fill(~valid, float("-inf")).view(batch, -1)
+        rank = rank.masked_fill(~valid, float("-inf")).view(n_groups, -1)
         width = min(top_k if lvl == levels - 1 else beam_size, rank.shape[1])
         best, idx = rank.topk(width, dim=-1)
         origin, code = idx // size, idx % size
         scores = (
-            total.view(batch, -1).gather(1, idx).masked_fill(~torch.isfinite(best), float("-inf"))
+            total.view(n_groups, -1)
+            .gather(1, idx)
+            .masked_fill(~torch.isfinite(best), float("-inf"))
         )
-        nodes = child.view(batch, -1).gather(1, idx)
+        nodes = child.view(n_groups, -1).gather(1, idx)
         codes = torch.cat(
             [codes.gather(1, origin[..., None].expand(-1, -1, lvl)), code[..., None]], dim=-1
         )
         if lvl == levels - 1:
             break
-        if lvl == 0:  # one beam per row so far: repeat the prompt cache once per beam
+        if lvl == 0:  # one beam per prompt so far: repeat the prompt cache once per beam
             cache.batch_repeat_interleave(width)
             attention = attention.repeat_interleave(width, dim=0)
             next_pos = next_pos.repeat_interleave(width)
-        else:
-            flat = (rows[:, None] * n_beams + origin).view(-1)
+        else:  # every prompt follows the beams of its group
+            flat = (prompt_rows[:, None] * n_beams + origin[groups]).view(-1)
             cache.reorder_cache(flat)
             attention, next_pos = attention[flat], next_pos[flat]
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
-        tokens = token_ids[lvl][code].view(-1, 1)
+        tokens = token_ids[lvl][code[groups]].view(-1, 1)
         out = model(
             input_ids=tokens,
             attention_mask=attention if padded else None,

@@ -132,3 +132,60 @@ def test_unconstrained_trie_allows_any_well_formed_identifier() -> None:
     scores = brute_force_scores(model, [1, 2], all_codes)
     expected = all_codes[np.argsort(-scores, kind="stable")[:5]]
     assert (res.codes[0].numpy() == expected).all()
+
+
+@pytest.mark.parametrize("beam", [10, 12])
+def test_user_who_has_seen_almost_everything_still_gets_k_items(beam: int) -> None:
+    """All-seen prefixes are pruned at every level, so a narrow beam cannot run dry."""
+    model, codes = tiny_lm(4), item_codes(K**LEVELS, seed=4)  # every identifier is an item
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    rng = np.random.default_rng(0)
+    unseen = rng.choice(len(codes), 11, replace=False)
+    exclude = torch.ones((1, len(codes)), dtype=torch.bool)
+    exclude[0, unseen] = False
+    res = constrained_beam_search(
+        model, [[1, 2, 3]], code_token_ids(), trie, beam_size=beam, top_k=10, exclude=exclude
+    )
+    leaves = res.leaves[0].tolist()
+    assert len(set(leaves)) == 10 and set(leaves) <= set(unseen.tolist())
+    assert torch.isfinite(res.scores).all()
+
+
+def test_without_pruning_the_same_narrow_beam_would_run_dry() -> None:
+    """The case above is not vacuous: masking the last level only returns fewer than k."""
+    model, codes = tiny_lm(4), item_codes(K**LEVELS, seed=4)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    unseen = np.random.default_rng(0).choice(len(codes), 11, replace=False)
+    open_all = PrefixTrie(trie.children, ())  # no item->node maps: only the leaves are masked
+    mask = torch.ones(len(codes), dtype=torch.bool)
+    mask[unseen] = False
+    res = constrained_beam_search(
+        model, [[1, 2, 3]], code_token_ids(), open_all, beam_size=10, top_k=10
+    )
+    leaves = [x for x in res.leaves[0].tolist() if x >= 0 and not mask[x]]
+    assert len(leaves) < 10
+
+
+def test_grouped_search_scores_the_weighted_sum_over_a_groups_prompts() -> None:
+    model = tiny_lm(5)
+    trie = PrefixTrie.unconstrained((K,) * LEVELS)
+    prompts = [[1, 2], [3, 4, 5], [6], [7, 8]]
+    groups = torch.tensor([0, 0, 0, 1])
+    weights = torch.tensor([0.5, 0.25, 0.25, 1.0])
+    res = constrained_beam_search(
+        model,
+        prompts,
+        code_token_ids(),
+        trie,
+        beam_size=K**LEVELS,
+        top_k=5,
+        groups=groups,
+        weights=weights,
+    )
+    all_codes = np.array([[a, b, c] for a in range(K) for b in range(K) for c in range(K)])
+    per_prompt = np.stack([brute_force_scores(model, p, all_codes) for p in prompts])
+    for g in range(2):
+        mixed = (weights.numpy()[:, None] * per_prompt)[groups.numpy() == g].sum(0)
+        expected = np.argsort(-mixed, kind="stable")[:5]
+        assert (res.codes[g].numpy() == all_codes[expected]).all()
+        np.testing.assert_allclose(res.scores[g].numpy(), mixed[expected], rtol=1e-4, atol=1e-4)
