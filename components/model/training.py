@@ -33,29 +33,28 @@ from components.model.prompts import IGNORE, Example, PromptBuilder
 def seqrec_examples(
     prompts: PromptBuilder, sequences: list[np.ndarray], max_history: int
 ) -> list[Example]:
-    """Each training target exactly once, with up to `max_history` items of context.
+    """Each training target exactly once, with at most `max_history` items of context, as in
+    evaluation (train as you evaluate).
 
-    A sequence is cut into windows of `max_history + max_history` items whose last
-    `max_history` items are the targets (the first window trains every item after the first).
+    A window holds at most `max_history + 1` items, so no target sees more than `max_history`
+    before it. The first window trains every item after the first; each later window trains
+    its last `stride` (about half a history) items, so those targets see between
+    `max_history - stride + 1` and `max_history` items, and a target costs about two items of
+    forward pass, as with longer windows.
     """
     out: list[Example] = []
-    stride = max_history
+    stride = max(1, (max_history + 1) // 2)
     for seq in sequences:
         n = len(seq)
         if n < 2:
             continue
-        first_end = min(n, max_history + 1)
-        out.append(prompts.seqrec_window(seq[:first_end], min_history=1))
-        for end in range(first_end + stride, n + stride, stride):
-            end = min(end, n)
-            start_target = max(first_end, end - stride)
-            window_start = max(0, start_target - max_history)
-            out.append(
-                prompts.seqrec_window(
-                    seq[window_start:end], min_history=start_target - window_start
-                )
-            )
-            first_end = end
+        done = min(n, max_history + 1)
+        out.append(prompts.seqrec_window(seq[:done], min_history=1))
+        while done < n:
+            end = min(n, done + stride)
+            start = max(0, end - max_history - 1)
+            out.append(prompts.seqrec_window(seq[start:end], min_history=done - start))
+            done = end
     return out
 
 
