@@ -124,9 +124,27 @@ class TrainConfig(Strict):
 
 class SiitConfig(Strict):
     """Self-improving rounds. `train.epochs` is the total budget of both static and SIIT runs:
-    it is cut into `rounds + 1` equal segments, with a refinement after each but the last."""
+    the map is refined after the epochs in `refine_after` (default: `rounds` refinements evenly
+    spaced), and identifiers stay frozen after the last one."""
 
     rounds: int = Field(2, ge=0)
+    refine_after: list[int] = Field(
+        default_factory=list,
+        description="epochs after which to refine, e.g. [2, 4]; empty: evenly spaced",
+    )
+    signal: Literal["text", "context", "mixed"] = Field(
+        "text",
+        description="text: the item's text prompt (item2id); context: the mean log-probability "
+        "over training histories whose next item it is; mixed: a weighted sum",
+    )
+    context_weight: float = Field(0.5, ge=0, le=1, description="weight of context when mixed")
+    contexts_per_item: int = Field(4, ge=1, description="training histories scored per item")
+    fixed_levels: int = Field(
+        0, ge=0, description="leading identifier levels kept from the current map"
+    )
+    min_gain: float = Field(
+        0.0, ge=0, description="score gain (nats) over the current identifier needed to move"
+    )
     candidates: int = Field(10, ge=1, description="top-B identifiers kept per item")
     beam_size: int = Field(20, ge=1)
     diversity: float = Field(1.0, ge=0, description="load-aware penalty strength; 0 = off")
@@ -170,16 +188,36 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _epochs_split_into_rounds(self) -> Params:
-        segments = self.siit.rounds + 1
-        if self.train.epochs % segments:
+        epochs, after = self.train.epochs, self.siit.refine_after
+        if after:
+            if len(after) != self.siit.rounds:
+                raise ValueError(
+                    f"siit.refine_after ({after}) lists {len(after)} refinements but "
+                    f"siit.rounds is {self.siit.rounds}: they must agree"
+                )
+            if any(b <= a for a, b in zip([0, *after], [*after, epochs], strict=True)):
+                raise ValueError(
+                    f"siit.refine_after ({after}) must be increasing epochs in 1..{epochs - 1} "
+                    f"(train.epochs = {epochs})"
+                )
+        elif epochs % (self.siit.rounds + 1):
             raise ValueError(
-                f"train.epochs ({self.train.epochs}) must be a multiple of siit.rounds + 1 ({segments}): "
-                "each round trains the same number of epochs"
+                f"train.epochs ({epochs}) must be a multiple of siit.rounds + 1 "
+                f"({self.siit.rounds + 1}) when siit.refine_after is empty: each round trains "
+                "the same number of epochs"
+            )
+        if self.siit.fixed_levels >= self.tokenize.levels:
+            raise ValueError(
+                f"siit.fixed_levels ({self.siit.fixed_levels}) must be below tokenize.levels "
+                f"({self.tokenize.levels}): at least one level must be free to change"
             )
         return self
 
     def round_epochs(self) -> list[int]:
         """Epochs trained in each round (round 0 uses the initial map)."""
+        if self.siit.refine_after:
+            bounds = [0, *self.siit.refine_after, self.train.epochs]
+            return [b - a for a, b in zip(bounds, bounds[1:])]
         return [self.train.epochs // (self.siit.rounds + 1)] * (self.siit.rounds + 1)
 
 

@@ -113,6 +113,7 @@ def constrained_beam_search(
     level_bias: list[torch.Tensor] | None = None,
     groups: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    fixed_prefix: torch.Tensor | None = None,
 ) -> BeamResult:
     """Beam search the `top_k` best identifiers after each prompt (or each group of prompts).
 
@@ -126,6 +127,8 @@ def constrained_beam_search(
     [n_prompts], default 1) of its log-probability after each of them: e.g. an item's identifier
     scored by the mean log-probability over the histories that lead to it. Without `groups`,
     every prompt is its own group.
+    fixed_prefix: optional long [groups, F]: the first F codes of each group's identifiers are
+    given (e.g. refinement that keeps an item's semantic prefix and moves it among siblings).
     """
     device = next(model.parameters()).device
     cache_kw = _cache_kwarg(model)
@@ -180,6 +183,9 @@ def constrained_beam_search(
         if open_nodes is not None:
             allowed = ~exclude.to(device) if lvl == levels - 1 else open_nodes[lvl]
             valid &= allowed[group_rows, child.clamp(min=0)]
+        if fixed_prefix is not None and lvl < fixed_prefix.shape[1]:
+            given = fixed_prefix[:, lvl].to(device)
+            valid &= (torch.arange(size, device=device) == given[:, None])[:, None, :]
         total = scores[..., None] + step
         rank = total if level_bias is None else total + level_bias[lvl].to(device)
         rank = rank.masked_fill(~valid, float("-inf")).view(n_groups, -1)

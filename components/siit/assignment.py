@@ -32,14 +32,21 @@ def assign_identifiers(
     codebook_sizes: tuple[int, ...],
     method: Literal["greedy", "exact"] = "greedy",
     max_churn: float = 1.0,
+    min_gain: float = 0.0,
 ) -> np.ndarray:
     """New codes [n, L]: unique, each an item's candidate or its current identifier.
 
     current: int [n, L]; candidates: int [n, B, L] with scores [n, B] (-inf = none);
     current_scores: [n], the model's score of each current identifier;
-    max_churn caps the fraction of items whose identifier changes (largest gains first).
+    max_churn caps the fraction of items whose identifier changes (largest gains first);
+    min_gain: a candidate other than the current identifier needs a score at least this much
+    above the current one's.
     """
     n, n_cand, _ = candidates.shape
+    if min_gain > 0:
+        same = (candidates == current[:, None, :]).all(axis=2)
+        too_small = scores < current_scores[:, None] + min_gain
+        scores = np.where(too_small & ~same, -np.inf, scores)
     all_codes = np.concatenate([candidates, current[:, None, :]], axis=1)  # current = last option
     all_scores = np.concatenate([scores, current_scores[:, None]], axis=1)
     keys = _keys(all_codes, codebook_sizes)

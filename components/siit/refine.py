@@ -1,8 +1,15 @@
-"""Refinement: the model beam-searches every item's identifier from the item's text.
+"""Refinement: the model beam-searches every item's identifier from what it knows of the item.
 
-The search may produce any well-formed identifier (any code at each level), not only
-existing ones. A load-aware penalty steers it away from codes that are already over-used
-(diversity), and the assignment step keeps identifiers unique.
+Signals (`siit.signal`):
+- text: the item's text prompt (the `item2id` task), as the paper does with a pretrained LLM;
+- context: the training histories whose next item it is; an identifier's score is its mean
+  log-probability as the next item over up to `contexts_per_item` of them (the model's
+  collaborative view; hard-EM on the map). Items with no training occurrence use text;
+- mixed: `context_weight` x context + (1 - context_weight) x text.
+The search may produce any well-formed identifier (any code at each level, the first
+`fixed_levels` codes kept), not only existing ones. A load-aware penalty steers it away
+from codes that are already over-used (diversity), and the assignment step keeps
+identifiers unique.
 """
 
 from __future__ import annotations
@@ -36,16 +43,81 @@ def load_penalty(usage: np.ndarray, assigned: int, strength: float) -> np.ndarra
     return (-strength * np.log1p(usage / expected)).astype(np.float32)
 
 
+def training_contexts(
+    train_sequences: list[np.ndarray], n_items: int, max_history: int, per_item: int, seed: int
+) -> list[list[np.ndarray]]:
+    """For every item, up to `per_item` training histories (at most `max_history` items, the
+    most recent last) whose next item it is, sampled without replacement. Training split only:
+    the sequences passed in must not hold validation or test targets."""
+    users, positions, targets = [], [], []
+    for u, seq in enumerate(train_sequences):
+        if len(seq) > 1:
+            users.append(np.full(len(seq) - 1, u))
+            positions.append(np.arange(1, len(seq)))
+            targets.append(np.asarray(seq[1:], dtype=np.int64))
+    out: list[list[np.ndarray]] = [[] for _ in range(n_items)]
+    if not targets:
+        return out
+    users_a, pos_a, tgt_a = map(np.concatenate, (users, positions, targets))
+    order = np.argsort(tgt_a, kind="stable")
+    bounds = np.searchsorted(tgt_a[order], np.arange(n_items + 1))
+    rng = np.random.default_rng(seed)
+    for item in range(n_items):
+        occ = order[bounds[item] : bounds[item + 1]]
+        if len(occ) > per_item:
+            occ = np.sort(rng.choice(occ, per_item, replace=False))
+        for o in occ:
+            seq, p = train_sequences[users_a[o]], pos_a[o]
+            out[item].append(np.asarray(seq[max(0, p - max_history) : p], dtype=np.int64))
+    return out
+
+
+def _scoring_rows(
+    items: np.ndarray,
+    builder: PromptBuilder,
+    texts: list[str],
+    contexts: list[list[np.ndarray]] | None,
+    cfg: SiitConfig,
+) -> tuple[list[list[int]], list[int], list[float]]:
+    """Prompts, their group (position of the item in `items`) and weights for one batch."""
+    prompts, groups, weights = [], [], []
+    for g, item in enumerate(items):
+        ctx = contexts[item] if contexts is not None and cfg.signal != "text" else []
+        text_w = 1.0 if not ctx else (1.0 - cfg.context_weight if cfg.signal == "mixed" else 0.0)
+        ctx_w = (1.0 - text_w) / len(ctx) if ctx else 0.0
+        if text_w > 0:
+            prompts.append(builder.item2id_prompt(texts[item]))
+            groups.append(g)
+            weights.append(text_w)
+        for history in ctx:
+            prompts.append(builder.seqrec_prompt(history))
+            groups.append(g)
+            weights.append(ctx_w)
+    return prompts, groups, weights
+
+
 @torch.no_grad()
 def propose_identifiers(
-    rec: GenerativeRecommender, texts: list[str], current: np.ndarray, cfg: SiitConfig, seed: int
+    rec: GenerativeRecommender,
+    texts: list[str],
+    current: np.ndarray,
+    cfg: SiitConfig,
+    seed: int,
+    contexts: list[list[np.ndarray]] | None = None,
 ) -> Candidates:
-    """Top-B identifiers per item from its text prompt, with a load-aware diversity penalty."""
+    """Top-B identifiers per item by the configured signal, with a load-aware diversity penalty.
+
+    contexts: per item, its training histories (`training_contexts`); needed by the context
+    and mixed signals.
+    """
+    if cfg.signal != "text" and contexts is None:
+        raise ValueError(f"siit.signal={cfg.signal!r} needs the items' training contexts")
     rec.model.eval()
     builder = PromptBuilder(rec.tokenizer, rec.item_tokens(current))
     trie = PrefixTrie.unconstrained(rec.codebook_sizes)
     n, levels = current.shape
-    width = min(cfg.candidates, int(np.prod(rec.codebook_sizes)))
+    free = rec.codebook_sizes[cfg.fixed_levels :]
+    width = min(cfg.candidates, int(np.prod(free)))
     codes = np.zeros((n, width, levels), dtype=np.int64)
     scores = np.full((n, width), -np.inf)
     current_scores = np.zeros(n)
@@ -55,7 +127,9 @@ def propose_identifiers(
     pad = rec.tokenizer.pad_token_id or 0
     for start in range(0, n, cfg.batch_size):
         rows = order[start : start + cfg.batch_size]
-        prompts = [builder.item2id_prompt(texts[r]) for r in rows]
+        prompts, groups, weights = _scoring_rows(rows, builder, texts, contexts, cfg)
+        groups_t = torch.tensor(groups)
+        weights_t = torch.tensor(weights, dtype=torch.float32)
         bias = [torch.from_numpy(load_penalty(u, start, cfg.diversity)) for u in usage]
         result = constrained_beam_search(
             rec.model,
@@ -66,13 +140,18 @@ def propose_identifiers(
             top_k=width,
             pad_id=pad,
             level_bias=bias if cfg.diversity > 0 else None,
+            groups=groups_t,
+            weights=weights_t,
+            fixed_prefix=torch.from_numpy(current[rows, : cfg.fixed_levels])
+            if cfg.fixed_levels
+            else None,
         )
         codes[rows] = result.codes.cpu().numpy()
         scores[rows] = result.scores.cpu().numpy()
+        own = torch.from_numpy(builder.item_tokens[rows[groups_t.numpy()]])
+        per_prompt = sequence_log_probs(rec.model, prompts, own, pad).cpu() * weights_t
         current_scores[rows] = (
-            sequence_log_probs(rec.model, prompts, torch.from_numpy(builder.item_tokens[rows]), pad)
-            .cpu()
-            .numpy()
+            torch.zeros(len(rows)).index_add_(0, groups_t, per_prompt).double().numpy()
         )
         for level in range(levels):  # the load the next batches see: each item's favourite
             np.add.at(usage[level], codes[rows, 0, level], 1)
@@ -80,10 +159,15 @@ def propose_identifiers(
 
 
 def refine_identifiers(
-    rec: GenerativeRecommender, texts: list[str], current: np.ndarray, cfg: SiitConfig, seed: int
+    rec: GenerativeRecommender,
+    texts: list[str],
+    current: np.ndarray,
+    cfg: SiitConfig,
+    seed: int,
+    contexts: list[list[np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The next round's codes and the statistics of the change."""
-    cand = propose_identifiers(rec, texts, current, cfg, seed)
+    cand = propose_identifiers(rec, texts, current, cfg, seed, contexts)
     new = assign_identifiers(
         current,
         cand.codes,
@@ -92,11 +176,15 @@ def refine_identifiers(
         rec.codebook_sizes,
         method=cfg.assignment,
         max_churn=cfg.max_churn,
+        min_gain=cfg.min_gain,
     )
     top1 = cand.codes[:, 0, :]
     kept = (new == current).all(axis=1)
     wanted_change = ~(top1 == current).all(axis=1)
     stats = token_map_stats(new, rec.codebook_sizes, previous=current)
+    has_context = (
+        np.array([len(c) > 0 for c in contexts]) if contexts is not None else np.zeros(len(new))
+    )
     stats.update(
         {
             "collision_rate_before": float(collision_mask(top1).mean()),
@@ -104,6 +192,7 @@ def refine_identifiers(
             "kept_although_model_preferred_other": float((kept & wanted_change).mean()),
             "mean_logp_current": float(cand.current_scores.mean()),
             "mean_logp_top1": float(cand.scores[:, 0].mean()),
+            "items_with_context": float(has_context.mean()) if cfg.signal != "text" else 0.0,
         }
     )
     return new, stats

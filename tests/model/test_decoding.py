@@ -189,3 +189,24 @@ def test_grouped_search_scores_the_weighted_sum_over_a_groups_prompts() -> None:
         expected = np.argsort(-mixed, kind="stable")[:5]
         assert (res.codes[g].numpy() == all_codes[expected]).all()
         np.testing.assert_allclose(res.scores[g].numpy(), mixed[expected], rtol=1e-4, atol=1e-4)
+
+
+def test_a_fixed_prefix_is_kept_and_the_rest_searched_exactly() -> None:
+    model = tiny_lm(6)
+    trie = PrefixTrie.unconstrained((K,) * LEVELS)
+    prefix = torch.tensor([[2], [0]])
+    res = constrained_beam_search(
+        model,
+        [[1, 2], [3]],
+        code_token_ids(),
+        trie,
+        beam_size=K**LEVELS,
+        top_k=4,
+        fixed_prefix=prefix,
+    )
+    all_codes = np.array([[a, b, c] for a in range(K) for b in range(K) for c in range(K)])
+    for row, prompt in enumerate([[1, 2], [3]]):
+        scores = brute_force_scores(model, prompt, all_codes)
+        scores[all_codes[:, 0] != int(prefix[row, 0])] = -np.inf
+        expected = all_codes[np.argsort(-scores, kind="stable")[:4]]
+        assert (res.codes[row].numpy() == expected).all()

@@ -86,3 +86,17 @@ def test_random_instances_are_always_bijections() -> None:
                 current, candidates, scores, rng.normal(size=n) - 2, (8, 8), method=method
             )
             assert unique_rows(new)
+
+
+@pytest.mark.parametrize("method", ["greedy", "exact"])
+def test_an_item_moves_only_for_at_least_min_gain(method: str) -> None:
+    current = ids((0, 0), (0, 1), (0, 2))
+    candidates = np.stack([ids((1, 0), (0, 0)), ids((1, 1), (0, 1)), ids((1, 2), (0, 2))])
+    scores = np.array([[-1.0, -2.0], [-1.9, -2.0], [-1.5, -2.0]])
+    current_scores = np.full(3, -2.0)
+    args = (current, candidates, scores, current_scores, SIZES)
+    moved = assign_identifiers(*args, method=method, min_gain=0.0)
+    assert moved.tolist() == [[1, 0], [1, 1], [1, 2]]
+    gated = assign_identifiers(*args, method=method, min_gain=0.4)
+    assert gated.tolist() == [[1, 0], [0, 1], [1, 2]]  # item 1 gains only 0.1
+    assert unique_rows(gated)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from components.config import ModelConfig, SiitConfig
 from components.model.recommender import GenerativeRecommender
-from components.siit.refine import load_penalty, propose_identifiers, refine_identifiers
+from components.siit.refine import (
+    load_penalty,
+    propose_identifiers,
+    refine_identifiers,
+    training_contexts,
+)
 
 SIZES = (4, 4, 4)
 
@@ -62,3 +70,123 @@ def test_diversity_penalty_spreads_first_level_codes(rec: GenerativeRecommender)
     assert used_spread > used_plain
     # scores are the model's log-probabilities, without the penalty
     assert (spread.scores[:, 0] <= 0).all()
+
+
+class _Rows:
+    """The toy model's cache: the tokens of every row so far."""
+
+    def __init__(self, rows: list[list[int]]) -> None:
+        self.rows = rows
+
+    def batch_repeat_interleave(self, n: int) -> None:
+        self.rows = [list(r) for r in self.rows for _ in range(n)]
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        self.rows = [list(self.rows[i]) for i in index.tolist()]
+
+
+class _NextIdentifierOfPrevious(torch.nn.Module):
+    """A causal LM whose predictions are known: after the identifier of item j it writes the
+    identifier `table[j]` (log-probability ~0 per code), whatever came before."""
+
+    def __init__(self, rec: GenerativeRecommender, codes: np.ndarray, table: np.ndarray) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = len(rec.tokenizer)
+        self.level_of = {
+            int(t): (lvl, c)
+            for lvl, ids in enumerate(rec.code_token_ids)
+            for c, t in enumerate(ids)
+        }
+        self.code_ids = rec.code_token_ids
+        self.item_of = {tuple(c): i for i, c in enumerate(codes.tolist())}
+        self.table = table
+
+    def _logits(self, seq: list[int]) -> torch.Tensor:
+        out = torch.zeros(self.vocab)
+        trail = []
+        for tok in reversed(seq):
+            if tok not in self.level_of:
+                break
+            trail.append(self.level_of[tok])
+        trail.reverse()
+        levels = len(self.code_ids)
+        last_ends = [i for i, (lvl, _) in enumerate(trail) if lvl == levels - 1]
+        if not last_ends:
+            return out
+        end = last_ends[-1]
+        m = len(trail) - end - 1
+        previous = tuple(c for _, c in trail[end - levels + 1 : end + 1])
+        item = self.item_of.get(previous)
+        if item is None or end - levels + 1 < 0:
+            return out
+        out[self.code_ids[m][int(self.table[item][m])]] = 20.0
+        return out
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        use_cache=False,
+        logits_to_keep=0,
+        past_key_values=None,
+    ):
+        if past_key_values is not None:
+            for row, tok in zip(past_key_values.rows, input_ids[:, -1].tolist(), strict=True):
+                row.append(tok)
+            cache = past_key_values
+        else:
+            cache = _Rows([list(r) for r in input_ids.tolist()])
+        seqs = cache.rows
+        width = input_ids.shape[1] if logits_to_keep != 1 else 1
+        logits = torch.stack(
+            [
+                torch.stack([self._logits(s[: len(s) - width + 1 + t]) for t in range(width)])
+                for s in seqs
+            ]
+        )
+        return SimpleNamespace(logits=logits, past_key_values=cache)
+
+
+def test_context_signal_gives_each_item_what_the_model_predicts_for_its_contexts(
+    rec: GenerativeRecommender,
+) -> None:
+    current = current_codes()
+    rng = np.random.default_rng(1)
+    flat = rng.choice(64, 24, replace=False)
+    desired = np.stack([flat // 16, (flat // 4) % 4, flat % 4], axis=1)
+    # every item i is preceded only by item i - 1 in training, so the model's view of item i is
+    # what it predicts after item i - 1: desired[i]
+    table = desired[(np.arange(24) + 1) % 24]
+    toy = GenerativeRecommender(
+        _NextIdentifierOfPrevious(rec, current, table), rec.tokenizer, SIZES
+    )
+    train = [np.array([k, (k + 1) % 24]) for k in range(24)]
+    contexts = training_contexts(train, 24, max_history=5, per_item=4, seed=0)
+    assert [len(c) for c in contexts] == [1] * 24
+    assert all(c[0].tolist() == [(i - 1) % 24] for i, c in enumerate(contexts))
+    cfg = SiitConfig(signal="context", diversity=0.0, candidates=3, beam_size=4, batch_size=5)
+    new, stats = refine_identifiers(toy, texts(), current, cfg, seed=0, contexts=contexts)
+    assert (new == desired).all()
+    assert len({tuple(r) for r in new}) == 24
+    assert stats["items_with_context"] == 1.0
+    # an item never seen in training falls back to its text prompt, where this toy model knows
+    # nothing (uniform over the vocabulary)
+    contexts[3] = []
+    cand = propose_identifiers(toy, texts(), current, cfg, seed=0, contexts=contexts)
+    uniform = -3 * np.log(len(rec.tokenizer))
+    np.testing.assert_allclose(cand.scores[3], uniform, rtol=1e-5)
+    np.testing.assert_allclose(cand.current_scores[3], uniform, rtol=1e-5)
+    assert (cand.scores[np.arange(24) != 3, 0] > -1e-3).all()
+
+
+def test_training_contexts_use_the_most_recent_history_and_at_most_per_item() -> None:
+    train = [np.array([0, 1, 2, 3, 1]), np.array([4, 1]), np.array([2, 1])]
+    contexts = training_contexts(train, 5, max_history=2, per_item=2, seed=0)
+    assert len(contexts[1]) == 2
+    for ctx in contexts[1]:
+        assert len(ctx) <= 2
+    assert {tuple(c) for c in contexts[1]} <= {(0,), (2, 3), (4,), (2,)}
+    assert contexts[0] == []
+    assert [c.tolist() for c in contexts[3]] == [[1, 2]]
