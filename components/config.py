@@ -217,7 +217,7 @@ class Params(Strict):
         """Epochs trained in each round (round 0 uses the initial map)."""
         if self.siit.refine_after:
             bounds = [0, *self.siit.refine_after, self.train.epochs]
-            return [b - a for a, b in zip(bounds, bounds[1:])]
+            return [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return [self.train.epochs // (self.siit.rounds + 1)] * (self.siit.rounds + 1)
 
 
