@@ -6,11 +6,13 @@ Every stage reads the whole file but only depends (in dvc.yaml) on its own secti
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 
 class Strict(BaseModel):
@@ -158,6 +160,9 @@ class SiitConfig(Strict):
 
 class EvaluateConfig(Strict):
     beam_size: int = Field(20, ge=1)
+    every_epoch: bool = Field(
+        True, description="validate after every epoch and keep the best epoch (else per round)"
+    )
     top_k: int = Field(10, ge=1)
     exclude_seen: bool = True
     batch_size: int = Field(128, gt=0)
@@ -226,17 +231,101 @@ class ConfigError(ValueError):
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """Parse and check a parameter file; any problem is a ConfigError naming each bad key,
+    the value given and what is allowed."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        with path.open(encoding="utf-8") as fh:
+            raw = yaml.load(fh, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{path}: invalid parameters"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
+        lines += [f"  {_describe_error(err)}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (safe_load
+    silently keeps the last one: a second `train:` section would replace the first)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in the same mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _describe_error(err: dict) -> str:
+    """'<key>: <value> is not allowed: <pydantic's reason>; allowed: <type and range>'."""
+    loc = [p for p in err["loc"] if isinstance(p, str)]
+    key = ".".join(str(p) for p in err["loc"]) or "(parameters)"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    owner, field = _locate(loc)
+    if err["type"] == "extra_forbidden" and owner is not None:
+        allowed = list(owner.model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{key}: unknown key; {hint}allowed keys here: {', '.join(allowed)}"
+    nested = field is not None and (
+        isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    )
+    if field is None or (nested and err["type"] == "value_error"):
+        return f"{key}: {message}"  # a rule across keys: the message names them
+    given = err.get("input")
+    shown = repr(given) if not isinstance(given, dict | list) else type(given).__name__
+    return f"{key}: {shown} is not allowed: {message}; allowed: {_allowed(field)}"
+
+
+def _locate(loc: list[str]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """(the model holding the last key of `loc`, that key's field), as far as they exist."""
+    model: type[BaseModel] | None = Params
+    field: FieldInfo | None = None
+    for i, part in enumerate(loc):
+        if model is None or part not in model.model_fields:
+            return (model if i == len(loc) - 1 else None), None
+        field = model.model_fields[part]
+        annotation = field.annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return None, field
+
+
+def _allowed(field: FieldInfo) -> str:
+    """A field's type and range in words: 'an integer >= 3', 'one of greedy, exact', ..."""
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(v) for v in get_args(annotation))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is list:
+        inner = names.get(args[0], "values") if args else "values"
+        kind = f"a list of {inner.removeprefix('an ').removeprefix('a ')}s"
+    elif args and type(None) in get_args(annotation):
+        kind = f"{names.get(args[0], str(args[0]))} or null"
+    else:
+        kind = names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    bounds = []
+    for meta in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                bounds.append(f"{sign} {getattr(meta, attr)}")
+    return f"{kind} {' and '.join(bounds)}".strip()

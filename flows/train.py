@@ -7,6 +7,7 @@ a checkpoint after every round lets a killed run resume where it stopped.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,7 @@ from components.model.session import TrainingSession
 from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
 from components.siit.fingerprint import run_fingerprint
-from components.siit.refine import refine_identifiers
+from components.siit.refine import refine_identifiers, training_contexts
 from components.tokenizers import TokenMap, validate_token_map
 from flows.common import IO, load_dataset_task, scalars, set_threads
 
@@ -75,13 +76,29 @@ def evaluate_task(session: TrainingSession, split: str) -> tuple[dict[str, float
 def refine_task(
     session: TrainingSession, params: Params, round_index: int
 ) -> tuple[np.ndarray, dict]:
+    seed = params.train.seed * 100 + round_index
+    contexts = None
+    if params.siit.signal != "text":
+        contexts = training_contexts(
+            session.dataset.train_sequences(),
+            session.dataset.n_items,
+            session.dataset.max_history,
+            params.siit.contexts_per_item,
+            seed=seed,
+        )
     return refine_identifiers(
         session.rec,
         session.dataset.item_texts(),
         session.codes,
         params.siit,
-        seed=params.train.seed * 100 + round_index,
+        seed=seed,
+        contexts=contexts,
     )
+
+
+@task(name="seqrec-loss", cache_policy=NO_CACHE)
+def seqrec_loss_task(session: TrainingSession) -> float:
+    return session.seqrec_loss()
 
 
 @task(name="save-checkpoint", cache_policy=NO_CACHE, **IO)
@@ -148,31 +165,50 @@ def round_task(
     maps: dict[str, bytes],
     initial: TokenMap,
 ) -> tuple[RunState, dict[str, bytes]]:
-    """One round: train, validate, keep if best, refine (SIIT), checkpoint; a nested MLflow run."""
+    """One round: train (validating every epoch, the best model and map kept), refine (SIIT) and
+    measure the refinement's immediate effect, checkpoint; a nested MLflow run."""
     logger = get_run_logger()
     last = r == len(params.round_epochs()) - 1
     with tracking.start_run(
         params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
     ):
-        row = _train_round(session, r, epochs, logger)
-        improved = _improves(state, row["valid"])
-        best = (session.rec, session.codes.copy()) if improved else None
-        if improved:
-            state.best_round, state.best_score = r, row["valid"]["ndcg@10"]
+        row, best = _train_round(session, r, epochs, state, params, logger)
         if mode == "siit" and not last and not state.converged:
+            loss_old = seqrec_loss_task(session)
             new_codes, stats = refine_task(session, params, r)
             session.set_codes(new_codes)
+            valid_new, _ = evaluate_task(session, "valid")
+            loss_new = seqrec_loss_task(session)
+            # the refined map with the same model is a candidate too (chosen on validation)
+            if _improves(state, valid_new):
+                state.best_round, state.best_epoch = r, session.trainer.epoch
+                state.best_score = valid_new["ndcg@10"]
+                best = (copy.deepcopy(session.rec), session.codes.copy())
             maps[f"round_{r + 1:03d}.parquet"] = _map_bytes(
                 initial.with_codes(new_codes, round=r + 1, stats=stats)
             )
             state.converged = stats["churn"] < params.siit.min_churn
-            row["refine"] = stats
+            effect = {
+                "valid_ndcg@10_old": row["valid"]["ndcg@10"],
+                "valid_ndcg@10_new": valid_new["ndcg@10"],
+                "valid_recall@10_old": row["valid"]["recall@10"],
+                "valid_recall@10_new": valid_new["recall@10"],
+                "seqrec_loss_old": loss_old,
+                "seqrec_loss_new": loss_new,
+            }
+            row["refine"], row["effect"] = stats, effect
             tracking.log_metrics(scalars(stats), prefix="refine/")
+            tracking.log_metrics(effect, prefix="effect/")
             logger.info(
-                "round %d: churn %.3f, collisions before %.3f",
+                "round %d: churn %.3f, collisions before %.3f; immediate effect: valid "
+                "ndcg@10 %.4f -> %.4f, seqrec loss %.4f -> %.4f",
                 r,
                 stats["churn"],
                 stats["collision_rate_before"],
+                effect["valid_ndcg@10_old"],
+                effect["valid_ndcg@10_new"],
+                loss_old,
+                loss_new,
             )
         state.history.append(_flat_row(r, row))
         state.next_round = r + 1
@@ -186,26 +222,39 @@ def _improves(state: RunState, valid: dict[str, float]) -> bool:
     return valid["ndcg@10"] > state.best_score
 
 
-def _train_round(session: TrainingSession, r: int, epochs: int, logger) -> dict:
-    losses, seconds = [], 0.0
-    for _ in range(epochs):
+def _train_round(
+    session: TrainingSession, r: int, epochs: int, state: RunState, params: Params, logger
+) -> tuple[dict, tuple | None]:
+    """Train the round's epochs; validate after each (or after the last only, when
+    `evaluate.every_epoch` is off); return the round's row and the best (model, codes) if this
+    round improved on the run's best."""
+    losses, seconds, best = [], 0.0, None
+    for e in range(epochs):
         stats = train_epoch_task(session)
         losses.append(stats["loss"])
         seconds += stats["seconds"]
+        step = int(stats["epoch"]) + 1
         tracking.log_metrics(
             {"loss": stats["loss"], "tokens_per_s": stats["tokens_per_s"]},
-            step=int(stats["epoch"]),
+            step=step,
             prefix="train/",
         )
-    valid, _ = evaluate_task(session, "valid")
-    tracking.log_metrics(valid, prefix="valid/")
+        if params.evaluate.every_epoch or e == epochs - 1:
+            valid, _ = evaluate_task(session, "valid")
+            tracking.log_metrics(valid, step=step, prefix="valid/")
+            if _improves(state, valid):
+                state.best_round, state.best_epoch = r, step
+                state.best_score = valid["ndcg@10"]
+                best = (copy.deepcopy(session.rec), session.codes.copy())
     logger.info("round %d: loss %.4f, valid ndcg@10 %.4f", r, losses[-1], valid["ndcg@10"])
-    return {"loss": losses[-1], "seconds": seconds, "valid": valid}
+    row = {"loss": losses[-1], "seconds": seconds, "valid": valid, "epoch": step}
+    return row, best
 
 
 def _flat_row(r: int, row: dict) -> dict:
     out = {
         "round": r,
+        "epoch": row["epoch"],
         "loss": row["loss"],
         "seconds": row["seconds"],
         **{f"valid_{k}": v for k, v in row["valid"].items()},
@@ -217,6 +266,7 @@ def _flat_row(r: int, row: dict) -> dict:
             collision_rate_before=stats["collision_rate_before"],
             distinct_prefixes_l1=stats["distinct_prefixes"][0],
             **{f"entropy_l{i}": h for i, h in enumerate(stats["entropy_bits"])},
+            **{f"effect_{k}": v for k, v in row["effect"].items()},
         )
     return out
 
@@ -254,6 +304,7 @@ def _finish(
         "valid": valid,
         "test": test,
         "best_round": state.best_round,
+        "best_epoch": state.best_epoch,
         "rounds": state.history,
         "train_seconds": sum(h["seconds"] for h in state.history),
     }

@@ -16,7 +16,14 @@ from components.data import Dataset
 from components.evaluation import evaluate_ranking, recommend_generative
 from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
-from components.model.training import Trainer, length_bucketed_batches, task_examples
+from components.model.training import (
+    Trainer,
+    collate,
+    length_bucketed_batches,
+    response_loss,
+    seqrec_examples,
+    task_examples,
+)
 
 
 @dataclass
@@ -72,3 +79,24 @@ class TrainingSession:
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         ranked = self.recommend(split)
         return evaluate_ranking(ranked, self.dataset.eval_split(split)), ranked
+
+    @torch.no_grad()
+    def seqrec_loss(self, batch_size: int = 256) -> float:
+        """Mean next-item loss (nats per identifier token) over the training targets with the
+        current map, dropout off: how well the map fits what the model has learned."""
+        examples = seqrec_examples(
+            self.prompts, self.dataset.train_sequences(), self.dataset.max_history
+        )
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+        pad = self.rec.tokenizer.pad_token_id or 0
+        device = self.rec.device
+        was_training = self.rec.model.training
+        self.rec.model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            batch = collate([examples[i] for i in order[start : start + batch_size]], pad)
+            batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
+            total += float(response_loss(self.rec.model, batch)) * batch.n_label_tokens
+            count += batch.n_label_tokens
+        self.rec.model.train(was_training)
+        return total / max(1, count)

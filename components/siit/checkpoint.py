@@ -26,6 +26,7 @@ class RunState:
     fingerprint: str
     next_round: int = 0
     best_round: int = -1
+    best_epoch: int = -1
     best_score: float = -1.0
     converged: bool = False
     mlflow_run_id: str | None = None
