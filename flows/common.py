@@ -9,7 +9,13 @@ from components.config import Params
 from components.data import Dataset
 from components.paths import Paths
 
-IO = {"retries": 2, "retry_delay_seconds": 2}  # retries on I/O only
+
+def _transient(task: object, task_run: object, state: object) -> bool:
+    """Retry only I/O failures (OSError: disk, network); bad data or parameters fail at once."""
+    return isinstance(getattr(state, "data", None), OSError)
+
+
+IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}  # I/O only
 
 
 @task(name="load-dataset", cache_policy=NO_CACHE, **IO)

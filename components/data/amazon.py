@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +26,7 @@ from components.data.sources import (
     as_epoch_seconds,
     as_float,
     item_text,
+    shown_values,
 )
 
 
@@ -32,26 +34,47 @@ def _open_text(path: Path) -> IO[str]:
     with path.open("rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
     if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return path.open(encoding="utf-8-sig")
 
 
 def iter_records(path: Path, shown: str) -> Iterator[dict[str, Any]]:
-    """One dict per non-blank line: strict JSON, or a Python dict literal (2014 metadata)."""
-    with _open_text(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+    """One dict per non-blank line: strict JSON, or a Python dict literal (2014 metadata).
+
+    A truncated gzip stream, bytes that are not UTF-8 or a file without any record is a
+    DataError naming the file (and the line).
+    """
+    number, count = 0, 0
+    try:
+        with _open_text(path) as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
                 try:
-                    record = ast.literal_eval(line.strip())
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    record = None
-            if not isinstance(record, dict):
-                raise DataError(f"{shown}: line {number}: neither a JSON object nor a Python dict")
-            yield record
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    try:
+                        record = ast.literal_eval(line.strip())
+                    except (ValueError, SyntaxError, MemoryError, RecursionError):
+                        record = None
+                if not isinstance(record, dict):
+                    raise DataError(
+                        f"{shown}: line {number}: neither a JSON object nor a Python dict: "
+                        f"{shown_values([line.strip()])[0]!r}"
+                    )
+                count += 1
+                yield record
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(
+            f"{shown}: corrupt or truncated gzip file after line {number} ({exc}); "
+            f"compress it again or give the uncompressed file"
+        ) from exc
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{shown}: line {number + 1} is not UTF-8: save the file as UTF-8"
+        ) from None
+    if count == 0:
+        raise DataError(f"{shown}: the file is empty (no records)")
 
 
 def _text_or_none(value: Any) -> str | None:

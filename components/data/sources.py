@@ -7,8 +7,13 @@ that a row number in an error message is the 0-based data row in the named file.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
+import json
+import re
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,11 @@ INTERACTION_SCHEMA = {
     "rating": pl.Float64,
 }
 EXAMPLES = 5  # offending rows quoted in an error message
+MAX_SHOWN_CHARS = 60  # a quoted value is cut to this many characters
+# Spellings of "no value" that spreadsheets, databases and scrapers write into text files.
+NULL_MARKERS = ("", "null", "none", "nan", "n/a", "#n/a", "\\n", "<null>")
+MAX_EPOCH_SECONDS = 10**15  # beyond any date (and Int64-safe): rejected as unparsable
+BOM = b"\xef\xbb\xbf"
 
 _FORMATS = {
     ".csv": "csv",
@@ -58,7 +68,11 @@ class RawData:
 
 
 def fetch_raw(cfg: DataConfig, raw_dir: Path) -> list[Path]:
-    """Materialise the configured source under `raw_dir` (replaced atomically); return its files."""
+    """Materialise the configured source under `raw_dir` (replaced atomically); return its files.
+
+    The user's files (sources `files` and `amazon`) are parsed before the snapshot replaces
+    the previous one: a file that cannot be read leaves the last good snapshot in place.
+    """
     # The source modules import DataError/RawData from here, hence the local imports.
     from components.data import movielens, synthetic
 
@@ -76,6 +90,7 @@ def fetch_raw(cfg: DataConfig, raw_dir: Path) -> list[Path]:
                 },
                 tmp,
             )
+            load_raw(cfg, tmp)
         else:
             names = copy_inputs(
                 {
@@ -84,6 +99,7 @@ def fetch_raw(cfg: DataConfig, raw_dir: Path) -> list[Path]:
                 },
                 tmp,
             )
+            load_raw(cfg, tmp)
     return [raw_dir / name for name in names]
 
 
@@ -119,15 +135,53 @@ def copy_inputs(files: dict[str, str], dest: Path) -> list[str]:
     return names
 
 
-def read_bytes(path: Path) -> bytes:
-    """File contents, gunzipped when the file is gzip-compressed (whatever its extension)."""
+def shown_values(values: list) -> list:
+    """Values for an error message: long strings cut to MAX_SHOWN_CHARS (with their length)."""
+    out = []
+    for value in values:
+        if isinstance(value, str) and len(value) > MAX_SHOWN_CHARS:
+            value = f"{value[:MAX_SHOWN_CHARS]}... ({len(value):,} characters)"
+        out.append(value)
+    return out
+
+
+def read_bytes(path: Path, shown: str | None = None) -> bytes:
+    """File contents, gunzipped when the file is gzip-compressed (whatever its extension).
+
+    An empty file or a corrupt/truncated gzip stream is a DataError naming the file.
+    """
+    shown = shown or str(path)
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt gzip file: {exc}") from exc
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"{shown}: corrupt or truncated gzip file ({exc}); compress it again or "
+                f"give the uncompressed file"
+            ) from exc
+    if not data.strip():
+        raise DataError(f"{shown}: the file is empty")
     return data
+
+
+def decode_utf8(data: bytes, shown: str) -> str:
+    """Text of a UTF-8 file (a leading byte-order mark dropped); other encodings are a DataError
+    quoting the line with the first undecodable byte."""
+    try:
+        return data.removeprefix(BOM).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = exc.start + (len(BOM) if data.startswith(BOM) else 0)
+        line_start = data.rfind(b"\n", 0, at) + 1
+        line_end = data.find(b"\n", at)
+        line = data[line_start : line_end if line_end >= 0 else len(data)]
+        number = data.count(b"\n", 0, at) + 1
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        raise DataError(
+            f"{shown}: line {number} is not UTF-8 (byte {data[at : at + 1]!r}): "
+            f"{shown_values([text])[0]!r}; the file looks like Latin-1/Windows-1252: "
+            f"save it as UTF-8"
+        ) from None
 
 
 def table_format(path: Path, fmt: str) -> str:
@@ -143,88 +197,232 @@ def table_format(path: Path, fmt: str) -> str:
     )
 
 
+def _diagnose_csv(text: str, separator: str, quoting: bool, shown: str) -> str | None:
+    """Why a CSV/TSV did not parse, as 'line N: ...' (1-based file lines), if it can be found."""
+    reader = csv.reader(
+        io.StringIO(text),
+        delimiter=separator,
+        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
+        strict=True,
+    )
+    width, start = None, 1
+    try:
+        for row in reader:
+            if width is None:
+                width = len(row)
+            elif row and len(row) != width:
+                return (
+                    f"{shown}: line {start} has {len(row)} fields, the header has {width}: "
+                    f"{shown_values([separator.join(row)])[0]!r}"
+                )
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        return f"{shown}: line {start}: {exc} (a quote opened on this line is never closed?)"
+    return None
+
+
+def _diagnose_jsonl(text: str, shown: str) -> str | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return (
+                f"{shown}: line {number} is not valid JSON ({exc.msg}): {shown_values([line])[0]!r}"
+            )
+        if not isinstance(record, dict):
+            return f"{shown}: line {number} is not a JSON object: {shown_values([line])[0]!r}"
+    return None
+
+
+def _blank_rows(df: pl.DataFrame, shown: str) -> pl.DataFrame:
+    """Drop trailing rows whose every field is blank (what spreadsheets append); blank rows
+    elsewhere are a DataError (dropping them would shift the row numbers quoted later)."""
+    if df.width == 0 or df.height == 0:
+        return df
+    blank = pl.all_horizontal(
+        (pl.col(c).str.strip_chars() == "").fill_null(True) if t == pl.Utf8 else pl.col(c).is_null()
+        for c, t in df.schema.items()
+    )
+    mask = df.select(blank).to_series()
+    keep = df.height
+    while keep and mask[keep - 1]:
+        keep -= 1
+    rows = mask.head(keep).arg_true()
+    if len(rows):
+        raise DataError(
+            f"{shown}: empty rows (every field blank) ({len(rows)} rows), "
+            f"e.g. rows {rows.head(EXAMPLES).to_list()}: delete them"
+        )
+    return df.head(keep)
+
+
 def read_table(path: Path, fmt: str, shown: str) -> pl.DataFrame:
-    """Read a CSV/TSV (every column as text, no type guessing), Parquet or JSONL table."""
+    """Read a CSV/TSV (every column as text, no type guessing), Parquet or JSONL table.
+
+    Text files must be UTF-8 (a byte-order mark and CRLF line ends are fine); trailing blank
+    rows are dropped; an empty file, a header without rows or a malformed line is a
+    DataError naming the file and the line.
+    """
     kind = table_format(path, fmt)
     try:
         if kind == "parquet":
-            return pl.read_parquet(path)
-        if kind == "jsonl":
-            return pl.read_ndjson(read_bytes(path), infer_schema_length=None)
-        return pl.read_csv(
-            read_bytes(path),
-            separator="\t" if kind == "tsv" else ",",
-            quote_char=None if kind == "tsv" else '"',
-            infer_schema=False,
-        )
+            df = pl.read_parquet(path)
+        else:
+            text = decode_utf8(read_bytes(path, shown), shown)
+            if kind == "jsonl":
+                try:
+                    df = pl.read_ndjson(io.BytesIO(text.encode()), infer_schema_length=None)
+                except pl.exceptions.PolarsError:
+                    diagnosis = _diagnose_jsonl(text, shown)
+                    if diagnosis:
+                        raise DataError(diagnosis) from None
+                    raise
+            else:
+                separator, quoting = ("\t", False) if kind == "tsv" else (",", True)
+                try:
+                    df = pl.read_csv(
+                        io.BytesIO(text.encode()),
+                        separator=separator,
+                        quote_char='"' if quoting else None,
+                        infer_schema=False,
+                    )
+                except pl.exceptions.PolarsError:
+                    diagnosis = _diagnose_csv(text, separator, quoting, shown)
+                    if diagnosis:
+                        raise DataError(diagnosis) from None
+                    raise
+                repeated = sorted(
+                    {
+                        c.rsplit("_duplicated_", 1)[0]
+                        for c in df.columns
+                        if re.search(r"_duplicated_\d+$", c)
+                    }
+                )
+                if repeated:
+                    raise DataError(f"{shown}: the header repeats the column names {repeated}")
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"{shown}: cannot read as {kind}: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{shown}: cannot read as {kind}: {reason}") from exc
+    df = _blank_rows(df, shown)
+    if df.height == 0:
+        raise DataError(f"{shown}: no data rows (only a header): columns {df.columns}")
+    return df
 
 
 def require_column(df: pl.DataFrame, column: str, shown: str, param: str) -> pl.Series:
     """The column, or a DataError naming the file, the column and the columns there are."""
     if column not in df.columns:
+        hint = ""
+        if len(df.columns) == 1:
+            for separator, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+                if separator in df.columns[0]:
+                    hint = (
+                        f"; the file looks {name}-separated: save it with ',' separators "
+                        f"(or tabs and data.files.format: tsv)"
+                    )
+                    break
         raise DataError(
-            f"{shown}: column '{column}' not found (set {param}); available columns: {df.columns}"
+            f"{shown}: column '{column}' not found (set {param}); available columns: "
+            f"{shown_values(df.columns)}{hint}"
         )
     return df.get_column(column)
 
 
+def _null_markers(text: pl.Series) -> pl.Series:
+    """Stripped text with blank cells and NULL-like spellings ('NULL', 'NaN', 'N/A', ...) as null."""
+    text = text.str.strip_chars()
+    return text.set(text.str.to_lowercase().is_in(list(NULL_MARKERS)).fill_null(False), None)
+
+
 def as_id(series: pl.Series) -> pl.Series:
-    """Identifiers as strings; integral floats (e.g. ids with nulls from pandas) lose their '.0'."""
+    """Identifiers as strings; integral floats (e.g. ids with nulls from pandas) lose their '.0'.
+
+    Surrounding whitespace is dropped and NULL-like cells are nulls (validation reports them).
+    """
     if series.dtype.is_float():
         values = series.drop_nulls()
-        if (values == values.round()).all():
+        if (values == values.round()).all() and (values.abs() < 2**63).all():
             series = series.cast(pl.Int64)
-    return series.cast(pl.Utf8)
+    if series.dtype != pl.Utf8:
+        series = series.cast(pl.Utf8)
+    return _null_markers(series)
 
 
-def _fail_unparsed(original: pl.Series, parsed: pl.Series, shown: str, what: str) -> None:
+def _fail_unparsed(
+    original: pl.Series, parsed: pl.Series, shown: str, what: str, hint: str = ""
+) -> None:
     """Raise if a non-null value did not survive parsing, quoting the offending rows."""
     bad = (original.is_not_null() & parsed.is_null()).arg_true()
     if len(bad):
         rows = bad.head(EXAMPLES).to_list()
-        values = original.gather(rows).to_list()
+        values = shown_values(original.gather(rows).to_list())
         raise DataError(
             f"{shown}: column '{original.name}': cannot parse as {what} ({len(bad)} rows), "
-            f"e.g. rows {rows}: values {values}"
+            f"e.g. rows {rows}: values {values}{hint}"
         )
 
 
 def as_float(series: pl.Series, shown: str) -> pl.Series:
-    """Numbers (e.g. ratings) as Float64; unparsable values are an error."""
-    parsed = (series.str.strip_chars() if series.dtype == pl.Utf8 else series).cast(
-        pl.Float64, strict=False
-    )
+    """Numbers (e.g. ratings) as Float64; NULL-like cells are nulls, other unparsable values an error."""
+    if series.dtype == pl.Utf8:
+        series = _null_markers(series)
+    parsed = series.cast(pl.Float64, strict=False)
     _fail_unparsed(series, parsed, shown, "a number")
     return parsed
 
 
+def _seconds(values: pl.Series) -> pl.Series:
+    """Float epoch seconds rounded to Int64; NaN, infinite or absurdly large values -> null."""
+    finite = values.is_finite() & (values.abs() < MAX_EPOCH_SECONDS)
+    return values.set(~finite.fill_null(False), None).round().cast(pl.Int64, strict=False)
+
+
 def as_epoch_seconds(series: pl.Series, shown: str) -> pl.Series:
-    """Timestamps as Int64 epoch seconds, from integers, floats, datetimes or date strings."""
-    dtype = series.dtype
+    """Timestamps as Int64 epoch seconds, from integers, floats, datetimes or date strings.
+
+    A text column may mix epoch numbers and dates, but its dates must share one format
+    (inferred from the first one); NULL-like cells are nulls, any other value that is
+    neither is an error quoting its rows.
+    """
+    dtype, what = series.dtype, "a timestamp (epoch seconds or a date)"
     if dtype.is_integer():
-        return series.cast(pl.Int64)
+        parsed = series.cast(pl.Int64, strict=False)
+        parsed = parsed.set((parsed.abs() >= MAX_EPOCH_SECONDS).fill_null(False), None)
+        _fail_unparsed(series, parsed, shown, what)
+        return parsed
     if dtype.is_float():
-        return series.fill_nan(None).round().cast(pl.Int64)
+        original = series.fill_nan(None)  # NaN = missing, reported as a null by validation
+        parsed = _seconds(original)
+        _fail_unparsed(original, parsed, shown, what)
+        return parsed
     if dtype == pl.Date:
         return series.cast(pl.Datetime("us")).dt.epoch("s")
     if isinstance(dtype, pl.Datetime):
         return series.dt.epoch("s")
     if dtype != pl.Utf8:
         raise DataError(
-            f"{shown}: column '{series.name}': timestamps of type {dtype} are not supported"
+            f"{shown}: column '{series.name}': timestamps of type {dtype} are not supported "
+            f"(expected epoch seconds or date strings), e.g. rows [0]: values "
+            f"{shown_values([str(series[0])])}"
         )
-    text = series.str.strip_chars()
-    numeric = text.cast(pl.Float64, strict=False).fill_nan(None)
-    if numeric.is_not_null().sum() == text.is_not_null().sum():
-        parsed = numeric.round().cast(pl.Int64)
-    else:
+    text = _null_markers(series)
+    parsed = _seconds(text.cast(pl.Float64, strict=False))
+    dates = text.is_not_null() & parsed.is_null()
+    if dates.any():
+        others = text.filter(dates)
         try:
-            parsed = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+            parsed_dates = others.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
         except pl.exceptions.PolarsError:
-            parsed = pl.Series(series.name, [None] * len(series), dtype=pl.Int64)
-    _fail_unparsed(series, parsed, shown, "a timestamp (epoch seconds or a date)")
+            parsed_dates = pl.Series([None] * len(others), dtype=pl.Int64)
+        parsed = parsed.scatter(dates.arg_true(), parsed_dates)
+        good = (dates & parsed.is_not_null()).arg_true()
+        if len(good) and (dates & parsed.is_null()).any():
+            row = int(good[0])
+            hint = f"; the dates in a column must share one format, like row {row}: {text[row]!r}"
+            _fail_unparsed(text, parsed, shown, what, hint)
+    _fail_unparsed(text, parsed, shown, what)
     return parsed.alias(series.name)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import polars as pl
 
 from components.config import DataConfig
-from components.data.sources import EXAMPLES, DataError, RawData
+from components.data.sources import EXAMPLES, DataError, RawData, shown_values
 
 # Expected pandas types ('str' also holds on pandas < 3, where GX checks each object value).
 _COLUMN_TYPES = {
@@ -30,6 +30,16 @@ _COLUMN_TYPES = {
 }
 _PER_USER = "__interactions_of_user"  # derived column for the sequence-length expectation
 FUTURE_SLACK_S = 86_400  # timestamps up to a day ahead are tolerated (clock skew, time zones)
+MAX_ID_CHARS = 256  # longer "ids" are whole records or pages pasted into one cell
+MAX_TEXT_CHARS = 100_000  # an item text beyond this is a broken quote or a scraped page
+_LIMITS = [
+    ("items", "item_id", MAX_ID_CHARS),
+    ("items", "title", MAX_TEXT_CHARS),
+    ("items", "text", MAX_TEXT_CHARS),
+    ("interactions", "user_id", MAX_ID_CHARS),
+    ("interactions", "item_id", MAX_ID_CHARS),
+]
+_EVENT = ["user_id", "item_id", "timestamp"]  # one interaction; repeated = a duplicate row
 
 
 class DataValidationError(DataError):
@@ -49,6 +59,7 @@ class _Check:
     what: str  # what a failure means, in words
     expectation: Any  # a great_expectations Expectation
     quote_values: bool = True
+    quote_columns: tuple[str, ...] = ()  # quote these columns' values instead of `column`'s
 
 
 def _to_pandas(df: pl.DataFrame) -> pd.DataFrame:
@@ -129,14 +140,41 @@ def _checks(
                     gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=known),
                 )
             )
+    for table, column, limit in _LIMITS:
+        if column in present[table] and frames[table][column].dtype != "Int64":
+            checks.append(
+                _Check(
+                    table,
+                    column,
+                    f"values longer than {limit:,} characters",
+                    gxe.ExpectColumnValueLengthsToBeBetween(
+                        column=column, min_value=1, max_value=limit
+                    ),
+                )
+            )
+    if set(_EVENT) <= present["interactions"]:
+        checks.append(
+            _Check(
+                "interactions",
+                "user_id",
+                "duplicate rows (same user_id, item_id and timestamp)",
+                gxe.ExpectCompoundColumnsToBeUnique(column_list=_EVENT),
+                quote_columns=tuple(_EVENT),
+            )
+        )
     if "timestamp" in present["interactions"]:
         latest = now + FUTURE_SLACK_S
+        hint = ""
+        stamps = frames["interactions"]["timestamp"]
+        top = stamps.max(skipna=True) if stamps.dtype == "Int64" else pd.NA
+        if top is not pd.NA and top > latest * 100:
+            hint = "; epoch milliseconds or microseconds? timestamps must be in seconds"
         checks.append(
             _Check(
                 "interactions",
                 "timestamp",
                 "timestamps negative or later than now + 1 day "
-                f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(latest))})",
+                f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(latest))}){hint}",
                 gxe.ExpectColumnValuesToBeBetween(
                     column="timestamp", min_value=0, max_value=latest
                 ),
@@ -245,7 +283,14 @@ def _describe(check: _Check, result: Any, file: str, df: pd.DataFrame) -> str:
     rows = [int(i) for i in details.get("partial_unexpected_index_list") or []][:EXAMPLES]
     line = f"{head} ({details['unexpected_count']} rows), e.g. rows {rows}"
     if check.quote_values and rows:
-        line += f": values {df[check.column].iloc[rows].tolist()}"
+        if check.quote_columns:
+            values = [
+                tuple(shown_values(list(row)))
+                for row in df.loc[rows, list(check.quote_columns)].itertuples(index=False)
+            ]
+        else:
+            values = shown_values(df[check.column].iloc[rows].tolist())
+        line += f": values {values}"
     return line
 
 

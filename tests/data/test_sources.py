@@ -122,13 +122,14 @@ def test_date_string_timestamps_and_leading_zero_ids(tmp_path: Path) -> None:
     ]
 
     events.write_text("user_id,item_id,timestamp\nu,i,2020-01-02\nu,i,yesterday\n")
-    fetch_raw(cfg, tmp_path / "raw")
     with pytest.raises(DataError) as err:
-        load_raw(cfg, tmp_path / "raw")
+        fetch_raw(cfg, tmp_path / "raw")  # unreadable: the previous snapshot stays
     assert str(err.value) == (
         f"{events}: column 'timestamp': cannot parse as a timestamp (epoch seconds or a date) "
-        "(1 rows), e.g. rows [1]: values ['yesterday']"
+        "(1 rows), e.g. rows [1]: values ['yesterday']; the dates in a column must share one "
+        "format, like row 0: '2020-01-02'"
     )
+    assert load_raw(cfg, tmp_path / "raw").interactions.height == 2
 
 
 def test_missing_column_names_file_column_and_available(tmp_path: Path) -> None:
@@ -136,9 +137,9 @@ def test_missing_column_names_file_column_and_available(tmp_path: Path) -> None:
     cfg = _files_cfg(tmp_path / "in", "csv")
     columns = COLUMNS.model_copy(update={"user_id": "user"})
     cfg = cfg.model_copy(update={"files": cfg.files.model_copy(update={"columns": columns})})
-    fetch_raw(cfg, tmp_path / "raw")
     with pytest.raises(DataError) as err:
-        load_raw(cfg, tmp_path / "raw")
+        fetch_raw(cfg, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
     message = str(err.value)
     assert "events.csv: column 'user' not found" in message
     assert "data.files.columns.user_id" in message and "['uid', 'movie', 'ts', 'stars']" in message
@@ -149,9 +150,8 @@ def test_explicit_rating_column_must_exist(tmp_path: Path) -> None:
     cfg = _files_cfg(tmp_path / "in", "csv")
     columns = COLUMNS.model_copy(update={"rating": "score"})
     cfg = cfg.model_copy(update={"files": cfg.files.model_copy(update={"columns": columns})})
-    fetch_raw(cfg, tmp_path / "raw")
     with pytest.raises(DataError, match=r"events\.csv: column 'score' not found"):
-        load_raw(cfg, tmp_path / "raw")
+        fetch_raw(cfg, tmp_path / "raw")
 
 
 def test_unparsable_values_are_quoted_with_rows(tmp_path: Path) -> None:
@@ -163,9 +163,8 @@ def test_unparsable_values_are_quoted_with_rows(tmp_path: Path) -> None:
             interactions=str(tmp_path / "events.csv"), items=str(tmp_path / "items.csv")
         ),
     )
-    fetch_raw(cfg, tmp_path / "raw")
     with pytest.raises(DataError) as err:
-        load_raw(cfg, tmp_path / "raw")
+        fetch_raw(cfg, tmp_path / "raw")
     assert str(err.value) == (
         f"{tmp_path / 'events.csv'}: column 'rating': cannot parse as a number (1 rows), "
         "e.g. rows [1]: values ['five']"
@@ -241,9 +240,8 @@ def test_amazon_bad_metadata_line(tmp_path: Path) -> None:
         source="amazon",
         amazon=AmazonSource(reviews=str(FIXTURES / "reviews_5core.jsonl.gz"), metadata=str(meta)),
     )
-    fetch_raw(cfg, tmp_path / "raw")
     with pytest.raises(DataError, match=r"meta\.json: line 3: neither a JSON object"):
-        load_raw(cfg, tmp_path / "raw")
+        fetch_raw(cfg, tmp_path / "raw")
 
 
 # --- MovieLens-100k (RecBole atomic files) ------------------------------------------------
