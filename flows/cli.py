@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import logging.handlers
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
 
 from flows.env import configure_environment
@@ -18,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siit", description=__doc__)
     parser.add_argument(
         "--params", default="params.yaml", help="parameter file (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on failure print the traceback and Prefect's failure logs too "
+        f"(they always go to {LOG_FILE} or $SIIT_LOG_FILE)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
@@ -35,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_FILE = "logs/siit.log"
 PASSTHROUGH = ("repro", "exp")  # everything after these goes to dvc untouched
 
 
@@ -53,9 +64,24 @@ def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a failure is one line on stderr (`siit <command>: error: ...`) and exit 1.
+
+    The traceback goes to the log file (`--debug` prints it on stderr as well); Prefect's own
+    reports of the failure stay out of the console unless `--debug`.
+    """
     own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else list(argv))
     args = _parser().parse_args(own)
     configure_environment()
+    try:
+        return _dispatch(args, passthrough)
+    except KeyboardInterrupt:
+        print(f"siit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure ends here: one message, traceback in the log
+        return _fail(args.command, exc, args.debug)
+
+
+def _dispatch(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.command == "show":
         return _show()
     if args.command in PASSTHROUGH:
@@ -64,28 +90,110 @@ def main(argv: list[str] | None = None) -> int:
         dvc = str(Path(sys.executable).parent / "dvc")
         return run_with_server([dvc, args.command, *passthrough], Path(os.environ["PREFECT_HOME"]))
     if args.command == "base_model":
-        from components.config import ConfigError
         from components.model.base_model import write_manifest
 
-        try:
-            write_manifest(args.params, args.manifest)
-        except (ConfigError, FileNotFoundError) as exc:
-            print(f"siit base_model: error: {exc}", file=sys.stderr)
-            return 1
+        write_manifest(args.params, args.manifest)
         return 0
-    from components.config import ConfigError
-    from components.data import DataError
-    from components.tokenizers import TokenMapValidationError
-
-    try:
-        _run_stage(args.command, args.params)
-    except (ConfigError, DataError, TokenMapValidationError, FileNotFoundError) as exc:
-        print(f"siit {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    _log_to_file(args.debug)
+    _run_stage(args.command, args.params)
     return 0
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's input: their message is the whole story, no traceback needed."""
+    from components.config import ConfigError
+    from components.data import DataError
+
+    expected: list[type[BaseException]] = [ConfigError, DataError, FileNotFoundError]
+    try:
+        from components.tokenizers import TokenMapValidationError
+
+        expected.append(TokenMapValidationError)
+    except ImportError:  # pragma: no cover - a broken install still gets a clean message
+        pass
+    return tuple(expected)
+
+
+def _log_path() -> Path:
+    return Path(os.environ.get("SIIT_LOG_FILE") or LOG_FILE)
+
+
+def _fail(command: str, exc: BaseException, debug: bool) -> int:
+    """Write the traceback to the log file, print one line on stderr, return the exit code."""
+    log = _log_path()
+    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} siit {command} failed\n{details}\n")
+        where = f"traceback in {log}"
+    except OSError:
+        where = "no log file could be written"
+    if debug:
+        print(details, file=sys.stderr, end="")
+    if isinstance(exc, _expected_errors()):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc} ({where}; --debug prints it here)"
+    print(f"siit {command}: error: {message}", file=sys.stderr)
+    return 1
+
+
+class _QuietFailures(logging.Filter):
+    """Keeps Prefect's failure reports (tracebacks, 'Finished in state Failed') off the console:
+    `main` prints the cause once, and the log file has everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            return False
+        message = record.getMessage()
+        return not (
+            message.startswith(("Finished in state Failed", "Finished in state Crashed"))
+            or message.startswith("Task run failed with exception")
+        )
+
+
+def _log_to_file(debug: bool) -> None:
+    """Every log record (with tracebacks) to the log file; the console filter unless `debug`."""
+    from prefect.logging import configuration
+
+    if not configuration.PROCESS_LOGGING_CONFIG:  # Prefect's setup first: it would drop ours
+        configuration.setup_logging()
+    root = logging.getLogger()
+    path = _log_path()
+    if not any(getattr(h, "_siit", None) == str(path) for h in root.handlers):
+        for handler in [h for h in root.handlers if getattr(h, "_siit", None)]:
+            root.removeHandler(handler)
+            handler.close()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=5_000_000, backupCount=2, encoding="utf-8", delay=True
+            )
+        except OSError:
+            handler = None
+        if handler is not None:
+            handler._siit = str(path)  # type: ignore[attr-defined]
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s")
+            )
+            root.addHandler(handler)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [root, *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                for old in [f for f in handler.filters if isinstance(f, _QuietFailures)]:
+                    handler.removeFilter(old)
+                if not debug:
+                    handler.addFilter(_QuietFailures())
+
+
 def _run_stage(stage: str, params_file: str) -> None:
+    from components.config import load_params
+
+    load_params(params_file)  # bad parameters stop here, before Prefect starts anything
     if stage in ("prepare", "validate"):
         from flows.data import prepare_flow, validate_flow
 
