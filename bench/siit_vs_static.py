@@ -1,24 +1,43 @@
-"""SIIT against the static initial tokenization, several seeds.
+"""SIIT against the static initial tokenization: paired seeds, a verdict with its uncertainty.
 
-    python bench/siit_vs_static.py [--methods rqvae] [--seeds 1 2 3] [-S siit.diversity=0.5 ...]
+    python bench/siit_vs_static.py                                  # 5 paired seeds, params.yaml
+    python bench/siit_vs_static.py --seeds 1 2 -S train.epochs=9 -S siit.rounds=2
+    python bench/siit_vs_static.py --seeds 1 2 --variant text:siit.signal=text \\
+        --variant context:siit.signal=context --jobs 2               # compare SIIT settings
 
-MovieLens-100k, tiny profile, params.yaml (overridable with -S key=value). For every seed
-both models train the same epoch budget from the same initial map. Prints valid and test
-Recall/NDCG@5/10 for static and SIIT (mean and std over seeds), the relative test
-improvement, and the token-map statistics per round.
+MovieLens-100k, tiny profile, params.yaml (overridable with -S key=value, for every model).
+For every seed the initial map is made once (`tokenize.seed` = `train.seed` = the seed), and
+static and each SIIT variant train the same epoch budget from that same map and seed: the
+comparison is paired. Each variant is a name and its own -S-style overrides
+(`name:key=value,key=value`); without --variant there is one, `siit`, with params.yaml as is.
+
+Printed (markdown):
+1. per seed: valid and test Recall/NDCG@5/10 of static and every variant;
+2. per variant: mean relative improvement over static per test metric and on their average,
+   and the 95% confidence interval (Student t over seeds) of the paired differences of that
+   average; the same on validation, which is what settings are chosen on;
+3. the immediate effect of every refinement (the model just before refinement, with the old
+   and the refined map: validation NDCG@10 and training seqrec loss);
+4. with --fresh: a static model trained from scratch on each variant's final map (same seed
+   and budget): are the refined identifiers better identifiers, or is any gain co-training?
+
+Every run is the real pipeline (`siit tokenize`, `siit train_static`, `siit train_siit`) in its
+own folder under bench/.runs/ with its own MLflow store, so every setting tried is logged.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import ensure_dataset, prefect_server, run_config  # noqa: E402
+from runner import RUNS, ensure_dataset, merge, prefect_server, run_config  # noqa: E402
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
@@ -35,73 +54,175 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, sets = text.partition(":")
+    return name, parse_set([s for s in sets.split(",") if s])
+
+
+def average(split: dict[str, float]) -> float:
+    return statistics.mean(split[m] for m in METRICS)
+
+
+def t_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t confidence interval of paired differences."""
+    from scipy import stats
+
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def run_seed(seed: int, extra: dict, variants: dict[str, dict], tag: str, env, jobs: int, fresh):
+    """Tokenize once, then static and every variant (in parallel up to `jobs`); then, with
+    `fresh`, a static model on each variant's final map."""
+    base = merge(extra, {"tokenize": {"seed": seed}, "train": {"seed": seed}})
+    static_name = f"{tag}-s{seed}-static"
+    out = {"static": run_config(static_name, base, ["tokenize"], env)}
+    token_map = RUNS / static_name / "artifacts" / "tokenize"
+
+    def train(name: str, overrides: dict, stage: str, initial_map: Path) -> dict:
+        work = RUNS / name
+        target = work / "artifacts" / "tokenize"
+        if work != RUNS / static_name:
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            shutil.copy(initial_map, target / "token_map.parquet")
+        return run_config(name, overrides, [stage], env)
+
+    tasks = {"static": (static_name, base, "train_static", token_map / "token_map.parquet")}
+    for name, overrides in variants.items():
+        run_name = f"{tag}-s{seed}-{name}"
+        tasks[name] = (
+            run_name,
+            merge(base, overrides),
+            "train_siit",
+            token_map / "token_map.parquet",
+        )
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {k: pool.submit(train, *v) for k, v in tasks.items()}
+        done = {k: f.result() for k, f in futures.items()}
+    out["static"].update(done.pop("static"))
+    out.update(done)
+    if fresh:
+        fresh_tasks = {}
+        for name in variants:
+            maps = sorted((RUNS / f"{tag}-s{seed}-{name}" / "artifacts" / "token_maps").glob("*"))
+            fresh_tasks[f"fresh-{name}"] = (
+                f"{tag}-s{seed}-fresh-{name}",
+                base,
+                "train_static",
+                maps[-1],
+            )
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {k: pool.submit(train, *v) for k, v in fresh_tasks.items()}
+            out.update({k: f.result() for k, f in futures.items()})
+    return out
+
+
+def report(name: str, data: dict, model: str) -> dict:
+    return data[name]["siit" if model == "siit" else "static"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", nargs="+", default=["rqvae"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument(
-        "-S", dest="sets", action="append", default=[], help="param override key=value"
+        "-S", dest="sets", action="append", default=[], help="key=value, all models"
     )
+    parser.add_argument(
+        "--variant", action="append", default=[], help="name:key=value,... (a SIIT setting)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="static on each variant's final map")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings run at once (threads split)")
+    parser.add_argument("--tag", default="", help="run-folder prefix (default: from -S)")
     args = parser.parse_args()
     extra = parse_set(args.sets)
+    variants = dict(parse_variant(v) for v in args.variant) or {"siit": {}}
+    tag = args.tag or "-".join(a.replace("=", "").replace(".", "") for a in args.sets) or "default"
+    if args.jobs > 1:  # split the cores between the trainings that run at once
+        extra = merge({"train": {"threads": 1}}, extra)
     ensure_dataset()
-    results: dict[str, list[dict]] = {}
+    results: dict[int, dict] = {}
     with prefect_server() as env:
-        for method in args.methods:
-            for seed in args.seeds:
-                from runner import merge
+        for seed in args.seeds:
+            results[seed] = run_seed(seed, extra, variants, tag, env, args.jobs, args.fresh)
+            print(f"done: seed {seed}", file=sys.stderr, flush=True)
+    print_tables(results, variants, args.fresh)
 
-                overrides = merge(
-                    extra, {"tokenize": {"method": method, "seed": seed}, "train": {"seed": seed}}
-                )
-                tag = "-".join(a.replace("=", "").replace(".", "") for a in args.sets) or "default"
-                out = run_config(
-                    f"siit-{method}-{seed}-{tag}",
-                    overrides,
-                    ["tokenize", "train_static", "train_siit"],
-                    env,
-                )
-                results.setdefault(method, []).append(out)
-                print(f"done: {method} seed {seed}", file=sys.stderr)
 
-    print("| method | model | split | " + " | ".join(METRICS) + " |")
-    print("|" + "---|" * (len(METRICS) + 3))
-    for method, runs in results.items():
-        for model in ("static", "siit"):
+def print_tables(results: dict[int, dict], variants: dict[str, dict], fresh: bool) -> None:
+    models = ["static", *variants] + ([f"fresh-{v}" for v in variants] if fresh else [])
+
+    def split_of(seed: int, model: str, split: str) -> dict[str, float]:
+        data = results[seed][model]
+        return (data["siit"] if model in variants else data["static"])[split]
+
+    print("| seed | model | split | " + " | ".join(METRICS) + " | average | best (round, epoch) |")
+    print("|" + "---|" * (len(METRICS) + 5))
+    for seed in results:
+        for model in models:
+            rep = results[seed][model]["siit" if model in variants else "static"]
             for split in ("valid", "test"):
-                cells = " | ".join(mean_std([r[model][split][m] for r in runs]) for m in METRICS)
-                print(f"| {method} | {model} | {split} | {cells} |")
-        gains = []
-        for m in METRICS:
-            s = statistics.mean(r["static"]["test"][m] for r in runs)
-            t = statistics.mean(r["siit"]["test"][m] for r in runs)
-            gains.append((t - s) / s if s else 0.0)
-        cells = " | ".join(f"{100 * g:+.1f}%" for g in gains)
-        print(
-            f"| {method} | siit vs static | test | {cells} |  average {100 * statistics.mean(gains):+.1f}%"
-        )
+                vals = split_of(seed, model, split)
+                cells = " | ".join(f"{vals[m]:.4f}" for m in METRICS)
+                where = (
+                    f"{rep['best_round']}, {rep.get('best_epoch', '-')}" if split == "valid" else ""
+                )
+                print(f"| {seed} | {model} | {split} | {cells} | {average(vals):.4f} | {where} |")
+    seeds = list(results)
     print()
     print(
-        "| method | seed | round | valid ndcg@10 | churn | collisions before | entropy bits / level |"
+        f"Paired over seeds {', '.join(map(str, seeds))}: mean relative change vs static, and "
+        "the 95% t-interval of the paired difference of the four-metric average."
+    )
+    print()
+    print(
+        "| model | split | "
+        + " | ".join(METRICS)
+        + " | average | paired diff of average [95% CI] |"
+    )
+    print("|" + "---|" * (len(METRICS) + 4))
+    for model in models[1:]:
+        for split in ("valid", "test"):
+            cells = []
+            for m in METRICS:
+                s = statistics.mean(split_of(seed, "static", split)[m] for seed in seeds)
+                v = statistics.mean(split_of(seed, model, split)[m] for seed in seeds)
+                cells.append(f"{100 * (v - s) / s:+.1f}%" if s else "-")
+            s_avg = statistics.mean(average(split_of(seed, "static", split)) for seed in seeds)
+            v_avg = statistics.mean(average(split_of(seed, model, split)) for seed in seeds)
+            diffs = [
+                average(split_of(seed, model, split)) - average(split_of(seed, "static", split))
+                for seed in seeds
+            ]
+            mean, lo, hi = t_interval(diffs)
+            rel = f"{100 * (v_avg - s_avg) / s_avg:+.1f}%"
+            print(
+                f"| {model} | {split} | {' | '.join(cells)} | {rel} | "
+                f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
+            )
+    print()
+    print("Immediate effect of each refinement (same model, old map -> refined map):")
+    print()
+    print(
+        "| model | seed | round | churn | collisions before | valid ndcg@10 old -> new | "
+        "seqrec loss old -> new |"
     )
     print("|---|---|---|---|---|---|---|")
-    for method, runs in results.items():
-        for seed, r in zip(args.seeds, runs, strict=True):
-            for row in r["siit"]["rounds"]:
-                ent = " / ".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("entropy_l"))
-                churn = f"{row['churn']:.3f}" if "churn" in row else "-"
-                coll = (
-                    f"{row['collision_rate_before']:.3f}" if "collision_rate_before" in row else "-"
-                )
+    for model in variants:
+        for seed in seeds:
+            for row in results[seed][model]["siit"]["rounds"]:
+                if "churn" not in row:
+                    continue
                 print(
-                    f"| {method} | {seed} | {row['round']} | {row['valid_ndcg@10']:.4f} | {churn} | {coll} | {ent or '-'} |"
+                    f"| {model} | {seed} | {row['round']} | {row['churn']:.3f} | "
+                    f"{row['collision_rate_before']:.3f} | "
+                    f"{row['effect_valid_ndcg@10_old']:.4f} -> {row['effect_valid_ndcg@10_new']:.4f} | "
+                    f"{row['effect_seqrec_loss_old']:.3f} -> {row['effect_seqrec_loss_new']:.3f} |"
                 )
 
 

@@ -89,7 +89,13 @@ class ModelConfig(Strict):
     num_heads: int = Field(4, gt=0)
     intermediate_size: int = Field(512, gt=0)
     text_vocab_size: int = Field(1000, ge=100)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="attention dropout")
+    residual_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="tiny profile: dropout on embeddings, attention and MLP outputs",
+    )
     # pretrained profile
     name_or_path: str = "smollm2-135m"
     trust_remote_code: bool = False

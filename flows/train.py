@@ -55,7 +55,13 @@ def build_session_task(
         rec = GenerativeRecommender.load(ckpt.model_dir())
         codes = ckpt.codes()
     session = TrainingSession(
-        rec, dataset, codes, params.train, params.evaluate, params.train.epochs
+        rec,
+        dataset,
+        codes,
+        params.train,
+        params.evaluate,
+        params.train.epochs,
+        residual_dropout=params.model.residual_dropout if rec.profile == "tiny" else 0.0,
     )
     if resume is not None:
         session.trainer.load_state_dict(ckpt.trainer_state())

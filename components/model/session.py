@@ -16,6 +16,7 @@ from components.data import Dataset
 from components.evaluation import evaluate_ranking, recommend_generative
 from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
+from components.model.regularization import add_residual_dropout
 from components.model.training import (
     Trainer,
     collate,
@@ -34,9 +35,12 @@ class TrainingSession:
     train_cfg: TrainConfig
     eval_cfg: EvaluateConfig
     total_epochs: int
+
+    residual_dropout: float = 0.0
     trainer: Trainer = field(init=False)
 
     def __post_init__(self) -> None:
+        add_residual_dropout(self.rec.model, self.residual_dropout)
         self.set_codes(self.codes)
         steps = sum(-(-len(v) // self.train_cfg.batch_size) for v in self._examples(0).values())
         self.trainer = Trainer(
