@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flows.env import configure_environment
 
-STAGES = ("prepare", "validate", "tokenize", "train_static", "train_siit", "report")
+STAGES = ("prepare", "validate", "tokenize", "train_static", "train_siit", "report", "register")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     base.add_argument("--manifest", default="artifacts/base_model.json")
     sub.add_parser("show", help="print reports/metrics.json as a table")
+    from flows.lifecycle import add_subcommands  # deploy, compare
+
+    add_subcommands(sub)
     sub.add_parser("repro", help="`dvc repro ...` with one local Prefect server for all stages")
     sub.add_parser(
         "exp",
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.command == "show":
         return _show()
+    if args.command in ("deploy", "compare"):
+        from flows.lifecycle import run_subcommand
+
+        return run_subcommand(args)
     if args.command in PASSTHROUGH:
         from flows.server import run_with_server
 
@@ -206,6 +213,10 @@ def _run_stage(stage: str, params_file: str) -> None:
         from flows.train import train_flow
 
         train_flow(mode=stage.removeprefix("train_"), params_file=params_file)
+    elif stage == "register":
+        from flows.register import register_flow
+
+        register_flow(params_file=params_file)
     else:
         from flows.report import report_flow
 

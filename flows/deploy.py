@@ -1,0 +1,154 @@
+"""Scheduled retraining: `siit deploy --cron "0 3 * * 1" [-S key=value ...]` serves a Prefect
+deployment whose flow runs the pipeline through DVC.
+
+Each run of the `retrain` flow:
+1. takes the pipeline lock (`.dvc/tmp/siit-pipeline.lock`): a second run started while one
+   holds it waits up to `wait_s` seconds (0 by default) and then fails with a message saying
+   which run holds it, having changed nothing. Within one deployment Prefect's own
+   concurrency limit (1, enqueue) already makes a second triggered run wait for the first;
+   the lock also covers a manual `dvc repro` or a second `siit deploy` on the same tree;
+2. applies the deployment's `-S` overrides to params.yaml (as `dvc exp run -S` does);
+3. runs `dvc repro`, so dvc.lock records the lineage and unchanged stages are skipped; every
+   stage's MLflow run carries the flow run's id as `siit.pipeline_run`;
+4. returns (and logs) the stages that ran and, when `register` ran, the registry decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+LOCK = ".dvc/tmp/siit-pipeline.lock"
+DEFAULT_NAME = "siit-retrain"
+FLOW_NAME = "retrain"
+
+
+class PipelineBusy(RuntimeError):
+    """Another pipeline run holds the lock."""
+
+
+def ran_stages(dvc_output: str) -> list[str]:
+    """Stage names from `dvc repro` output ("Running stage 'x':")."""
+    return [
+        line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage")
+    ]
+
+
+def pipeline_lock(root: Path):
+    from filelock import FileLock
+
+    path = root / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
+
+
+def _holder(root: Path) -> str:
+    info = root / (LOCK + ".owner")
+    return info.read_text().strip() if info.exists() else "unknown"
+
+
+def apply_overrides(params_file: Path, overrides: list[str]) -> None:
+    """`key=value` overrides written into params.yaml, comments kept (DVC's own helper)."""
+    if not overrides:
+        return
+    from dvc.utils.hydra import apply_overrides as dvc_apply
+
+    dvc_apply(str(params_file), list(overrides))
+    from components.config import load_params
+
+    load_params(params_file)  # fail now on a typo, before any stage runs
+
+
+def repro(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    dvc = str(Path(sys.executable).parent / "dvc")
+    return subprocess.run(
+        [dvc, "repro"], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
+
+
+@flow(name=FLOW_NAME, persist_result=True, log_prints=True)
+def retrain_flow(root: str = ".", overrides: list[str] | None = None, wait_s: float = 0) -> dict:
+    """The pipeline under one lock: overrides -> `dvc repro` -> what ran and what was registered."""
+    from filelock import Timeout
+
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    run_id = str(flow_run.get_id() or "")
+    lock = pipeline_lock(root_path)
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise PipelineBusy(
+            f"another pipeline run holds {root_path / LOCK} ({_holder(root_path)}); "
+            f"waited {wait_s:g} s; this run changed nothing. Retry when it has finished."
+        ) from None
+    try:
+        (root_path / (LOCK + ".owner")).write_text(f"flow run {run_id}, pid {os.getpid()}\n")
+        apply_overrides(root_path / "params.yaml", list(overrides or []))
+        bin_dir = str(Path(sys.executable).parent)
+        env = {
+            **os.environ,
+            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+            "SIIT_PIPELINE_RUN": run_id or os.environ.get("SIIT_PIPELINE_RUN", ""),
+        }
+        proc = repro(root_path, env)
+        stages = ran_stages(proc.stdout)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"dvc repro failed (exit {proc.returncode}) after stages {stages}:\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+            )
+        record = root_path / "artifacts/registered_model.json"
+        registered = (
+            json.loads(record.read_text()) if "register" in stages and record.exists() else None
+        )
+        logger.info("dvc repro ran %s", stages or "no stage (nothing changed)")
+        if registered:
+            logger.info(
+                "registered %s version %s: %s",
+                registered["registered_model"],
+                registered["version"],
+                registered["reason"],
+            )
+        return {"stages": stages, "registered": registered}
+    finally:
+        (root_path / (LOCK + ".owner")).unlink(missing_ok=True)
+        lock.release()
+
+
+def serve(
+    cron: str,
+    overrides: list[str],
+    name: str = DEFAULT_NAME,
+    root: str = ".",
+    wait_s: float = 0,
+) -> None:
+    """Create/update the deployment and serve it until interrupted (the Prefect API's runner)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    if overrides:  # a bad override fails here, not at 3 am
+        _check_overrides(Path(root), overrides)
+    retrain_flow.serve(
+        name=name,
+        cron=cron,
+        parameters={"root": str(Path(root).resolve()), "overrides": overrides, "wait_s": wait_s},
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"),
+        description="siit: `dvc repro` on a schedule (retrain, register, gate the champion)",
+        tags=["siit"],
+    )
+
+
+def _check_overrides(root: Path, overrides: list[str]) -> None:
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "params.yaml"
+        shutil.copy(root / "params.yaml", copy)
+        apply_overrides(copy, overrides)
