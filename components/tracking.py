@@ -356,10 +356,22 @@ def log_recommender(
     }
     example = input_example if input_example is not None else pd.DataFrame({"history": [["1"]]})
     signature = _recommender_signature()
-    package = Path(components.__file__).parent
+    import shutil
+    import tempfile
+
     kwargs = {"run_id": run_id} if run_id else {"run_name": "serving-model"}
-    with mlflow.start_run(**kwargs) as run, warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(**kwargs) as run,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
+        package = Path(tmp) / "components"  # the code the model needs, without caches
+        shutil.copytree(
+            Path(components.__file__).parent,
+            package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=SiitPyfunc(),
