@@ -101,28 +101,29 @@ def _dispatch(args: argparse.Namespace, passthrough: list[str]) -> int:
 
         write_manifest(args.params, args.manifest)
         return 0
+    from components.config import load_params
+
+    load_params(args.params)  # bad parameters stop here, before Prefect starts anything
     _log_to_file(args.debug)
     _run_stage(args.command, args.params)
     return 0
 
 
+_EXPECTED = [  # errors about the user's input: the message is the whole story
+    ("components.config", "ConfigError"),
+    ("components.data.sources", "DataError"),
+    ("components.tokenizers", "TokenMapValidationError"),
+]
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the user's input: their message is the whole story, no traceback needed."""
-    from components.config import ConfigError
-    from components.data import DataError
-
-    expected: list[type[BaseException]] = [ConfigError, DataError, FileNotFoundError]
-    try:
-        from components.tokenizers import TokenMapValidationError
-
-        expected.append(TokenMapValidationError)
-    except ImportError:  # pragma: no cover - a broken install still gets a clean message
-        pass
-    return tuple(expected)
+    """The expected error classes among the modules loaded (whatever raised was loaded)."""
+    found = [getattr(sys.modules.get(module), name, None) for module, name in _EXPECTED]
+    return (FileNotFoundError, *(cls for cls in found if isinstance(cls, type)))
 
 
 def _log_path() -> Path:
-    return Path(os.environ.get("SIIT_LOG_FILE") or LOG_FILE)
+    return Path(os.environ.get("SIIT_LOG_FILE") or LOG_FILE).absolute()
 
 
 def _fail(command: str, exc: BaseException, debug: bool) -> int:
@@ -198,9 +199,6 @@ def _log_to_file(debug: bool) -> None:
 
 
 def _run_stage(stage: str, params_file: str) -> None:
-    from components.config import load_params
-
-    load_params(params_file)  # bad parameters stop here, before Prefect starts anything
     if stage in ("prepare", "validate"):
         from flows.data import prepare_flow, validate_flow
 

@@ -358,6 +358,8 @@ def _fail_unparsed(
     if len(bad):
         rows = bad.head(EXAMPLES).to_list()
         values = shown_values(original.gather(rows).to_list())
+        if original.name in values:
+            hint += "; the header line appears again inside the file (files concatenated?)"
         raise DataError(
             f"{shown}: column '{original.name}': cannot parse as {what} ({len(bad)} rows), "
             f"e.g. rows {rows}: values {values}{hint}"
@@ -405,7 +407,7 @@ def as_epoch_seconds(series: pl.Series, shown: str) -> pl.Series:
         raise DataError(
             f"{shown}: column '{series.name}': timestamps of type {dtype} are not supported "
             f"(expected epoch seconds or date strings), e.g. rows [0]: values "
-            f"{shown_values([str(series[0])])}"
+            f"{shown_values([series[0]])}"
         )
     text = _null_markers(series)
     parsed = _seconds(text.cast(pl.Float64, strict=False))

@@ -285,7 +285,7 @@ def _describe(check: _Check, result: Any, file: str, df: pd.DataFrame) -> str:
     if check.quote_values and rows:
         if check.quote_columns:
             values = [
-                tuple(shown_values(list(row)))
+                tuple(shown_values([v.item() if hasattr(v, "item") else v for v in row]))
                 for row in df.loc[rows, list(check.quote_columns)].itertuples(index=False)
             ]
         else:
