@@ -1,0 +1,80 @@
+"""`siit train_siit` with the context signal: the immediate effect of every refinement and the
+best epoch are recorded and the refined maps are bijections (determinism: test_resume.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.flows.test_pipeline_dvc import REPO, TINY_PARAMS, _merge, run
+
+BIN = Path(sys.executable).parent
+PARAMS = _merge(
+    TINY_PARAMS,
+    {
+        "train": {"epochs": 3},
+        "siit": {"rounds": 2, "refine_after": [1, 2], "signal": "context", "contexts_per_item": 2},
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
+) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("train-siit")
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), PARAMS)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **prefect_env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    for stage in ("prepare", "validate", "tokenize"):
+        run([str(BIN / "siit"), stage], root, env)
+    return root, env
+
+
+def _train(src: Path, dst: Path, env: dict[str, str]) -> dict:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    run(
+        [str(BIN / "siit"), "train_siit"],
+        dst,
+        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}"},
+    )
+    return json.loads((dst / "reports/models/siit.json").read_text())
+
+
+def test_context_signal_records_immediate_effect_and_best_epoch(
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, env = prepared
+    report = _train(root, tmp_path / "a", env)
+    rounds = pl.read_csv(tmp_path / "a/reports/rounds.csv")
+    assert rounds.get_column("epoch").to_list() == [1, 2, 3]
+    refined = rounds.filter(pl.col("churn").is_not_null())
+    assert refined.height == 2
+    for column in (
+        "effect_valid_ndcg@10_old",
+        "effect_valid_ndcg@10_new",
+        "effect_seqrec_loss_old",
+        "effect_seqrec_loss_new",
+    ):
+        values = refined.get_column(column).to_list()
+        assert all(v is not None and v >= 0 for v in values), column
+    # the old map's score is the round's own validation
+    assert (
+        refined.get_column("effect_valid_ndcg@10_old").to_list()
+        == refined.get_column("valid_ndcg@10").to_list()
+    )
+    assert 1 <= report["best_epoch"] <= 3
+    maps = sorted((tmp_path / "a/artifacts/token_maps").glob("*.parquet"))
+    assert [m.name for m in maps] == [f"round_00{i}.parquet" for i in range(3)]
+    for path in maps:
+        codes = pl.read_parquet(path).select("c0", "c1", "c2").rows()
+        assert len(set(codes)) == len(codes)  # a bijection every round
+    recs = pl.read_parquet(tmp_path / "a/reports/models/siit_recommendations_test.parquet")
+    assert "target_item_id" in recs.columns
