@@ -250,11 +250,38 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{path}: invalid parameters"]
         lines += [f"  {_describe_error(err)}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    outside = _local_path_outside_project(params.tracking.uri)
+    if outside is not None:
+        raise ConfigError(
+            f"{path}: invalid parameters\n  tracking.uri: {params.tracking.uri!r} writes outside "
+            f"the project ({outside}); allowed: a path inside {Path.cwd()}, or a server URL "
+            "(http://...); set MLFLOW_TRACKING_URI to write elsewhere on purpose"
+        )
+    return params
+
+
+def _local_path_outside_project(uri: str) -> Path | None:
+    """The file a local tracking URI (sqlite:///, file:, a bare path) writes, if it lies
+    outside the project (the working directory, where every stage writes); else None."""
+    scheme, _, rest = uri.partition(":")
+    if not rest or len(scheme) == 1:  # a bare path (or a Windows drive letter)
+        local = uri
+    elif scheme == "sqlite":
+        local = rest.removeprefix("///")
+        if local in ("", ":memory:"):
+            return None
+    elif scheme == "file":
+        local = rest.removeprefix("//")
+    else:
+        return None  # a server: http(s), databricks, ...
+    root = Path.cwd().resolve()
+    target = (root / Path(local).expanduser()).resolve()
+    return None if target.is_relative_to(root) else target
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
