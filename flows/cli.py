@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else list(argv))
     args = _parser().parse_args(own)
     configure_environment()
+    from components.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()  # library progress bars only on a terminal
     try:
         return _dispatch(args, passthrough)
     except KeyboardInterrupt:
