@@ -41,6 +41,15 @@ def local_prefect_server(home: Path, timeout_s: float = 120) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        # The server has its own session (Ctrl-C reaches it only through the cleanup below);
+        # a watchdog stops it when this process dies without cleaning up (SIGKILL, OOM).
+        watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(proc.pid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         url = f"http://127.0.0.1:{port}/api"
         try:
             _wait_healthy(url, proc, log_path, timeout_s)
@@ -51,6 +60,32 @@ def local_prefect_server(home: Path, timeout_s: float = 120) -> Iterator[str]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            watchdog.kill()
+            watchdog.wait()
+
+
+# Run as `python -c _WATCHDOG <server pid>` by the process that started the server (its
+# parent): once that parent is gone (this process is re-parented), stop the server's group.
+_WATCHDOG = """
+import os, signal, sys, time
+server, parent = int(sys.argv[1]), os.getppid()
+def alive():
+    try:
+        os.killpg(server, 0)
+        return True
+    except OSError:
+        return False
+while alive() and os.getppid() == parent:
+    time.sleep(0.5)
+if alive():
+    os.killpg(server, signal.SIGTERM)
+    for _ in range(40):
+        time.sleep(0.25)
+        if not alive():
+            break
+    else:
+        os.killpg(server, signal.SIGKILL)
+"""
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
