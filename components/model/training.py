@@ -7,13 +7,24 @@ small model with a large vocabulary).
 Under torchrun (WORLD_SIZE > 1) the same `Trainer` runs data-parallel: the model is wrapped
 in DDP, each rank trains on its rows of every batch and the logged loss is all-reduced (see
 `components.model.distributed`). On CUDA the forward runs under bf16 autocast.
+
+On the CPU (where the tiny profile trains) a step of a small model is mostly elementwise
+traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_loss`: the
+same computation as the model's own forward, written for it (the q/k/v and gate/up weights are
+concatenated at use, so the saved weights stay the stock ones; cheaper attention dropout; the
+final norm and the head only at labelled positions; the head and its cross-entropy fused), and
+under bf16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), with fp32
+master weights, optimizer and loss. See docs/benchmarks.md (training throughput) for the
+profile behind each choice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,19 +134,38 @@ def length_bucketed_batches(
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
-        mask[row, : len(e.input_ids)] = 1
-    return Batch(ids, mask, labels, int((labels[:, 1:] != IGNORE).sum()))
+    """Right-padded rows; built in numpy with one copy per array, not one tensor per row."""
+    n = len(examples)
+    lengths = np.fromiter((len(e.input_ids) for e in examples), dtype=np.int64, count=n)
+    label_lengths = np.fromiter((len(e.labels) for e in examples), dtype=np.int64, count=n)
+    width = int(lengths.max())
+    columns = np.arange(width)
+    mask = columns < lengths[:, None]
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter(
+        itertools.chain.from_iterable(e.input_ids for e in examples),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
+    labels = np.full((n, width), IGNORE, dtype=np.int64)
+    labels[columns < label_lengths[:, None]] = np.fromiter(
+        itertools.chain.from_iterable(e.labels for e in examples),
+        dtype=np.int64,
+        count=int(label_lengths.sum()),
+    )
+    n_label = int((labels[:, 1:] != IGNORE).sum())
+    return Batch(
+        torch.from_numpy(ids),
+        torch.from_numpy(mask.astype(np.int64)),
+        torch.from_numpy(labels),
+        n_label,
+    )
 
 
 def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Next-token cross-entropy on labelled positions; the head runs only there."""
+    if _fast_llama(model, batch.input_ids.device):
+        return _llama_response_loss(model, batch.input_ids, batch.labels)
     # Right padding + causal attention: real tokens never attend to the padding, so no mask is
     # needed, and without one SDPA takes its fast causal kernel (a padding mask is ~8x slower on CPU).
     hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
@@ -143,6 +173,182 @@ def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     selected = targets != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][selected])
     return F.cross_entropy(logits.float(), targets[selected])
+
+
+# The CPU training path of a plain Llama --------------------------------------------------------
+
+
+def _fast_llama(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether `_llama_response_loss` computes exactly what the model's own forward would: a
+    stock `LlamaForCausalLM` on the CPU, default RoPE, no biases, SiLU, as many k/v heads as
+    query heads, and no hooks but plain forward hooks on the embeddings and the attention and
+    MLP blocks (residual dropout), which it calls itself."""
+    from transformers import LlamaForCausalLM
+
+    if device.type != "cpu" or type(model) is not LlamaForCausalLM:
+        return False
+    c = model.config
+    rope = getattr(c, "rope_parameters", None) or {}
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if (
+        rope.get("rope_type", "default") != "default"
+        or c.attention_bias
+        or getattr(c, "mlp_bias", False)
+        or c.hidden_act != "silu"
+        or getattr(c, "pretraining_tp", 1) != 1
+        or c.num_key_value_heads != c.num_attention_heads
+        or head_dim * c.num_attention_heads != c.hidden_size
+    ):
+        return False
+    inner = model.model
+    hookable = {id(inner.embed_tokens)} | {
+        id(m) for layer in inner.layers for m in (layer.self_attn, layer.mlp)
+    }
+    for module in model.modules():
+        if (
+            module._forward_pre_hooks
+            or module._forward_hooks_with_kwargs
+            or module._backward_hooks
+            or getattr(module, "_backward_pre_hooks", None)
+            or (module._forward_hooks and id(module) not in hookable)
+        ):
+            return False
+    return not (
+        torch.nn.modules.module._global_forward_hooks
+        or torch.nn.modules.module._global_forward_pre_hooks
+    )
+
+
+def _hooks(module: torch.nn.Module, inputs: tuple, output):
+    """The module's forward hooks, as its own `__call__` would run them."""
+    for hook in module._forward_hooks.values():
+        result = hook(module, inputs, output)
+        if result is not None:
+            output = result
+    return output
+
+
+def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """LlamaRMSNorm on an fp32 input (the residual stream is fp32, also under autocast)."""
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+
+
+def _dropout_keep(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A keep-mask with P(drop) = round(p * 2**16) / 2**16 and its rescaling factor.
+
+    Four 16-bit draws per 64-bit random word: about 4x cheaper on the CPU than `bernoulli_`,
+    which was the largest single kernel of a bf16 step; deterministic under the seed."""
+    n = math.prod(shape)
+    cut = round(p * 65536)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    keep = words.view(torch.int16)[:n].view(shape) >= cut - 32768
+    return keep, 65536 / (65536 - cut)
+
+
+def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states before the final norm: [batch, length, hidden]."""
+    inner, c = model.model, model.config
+    batch, length = input_ids.shape
+    heads = c.num_attention_heads
+    head_dim = c.hidden_size // heads
+    dropout = c.attention_dropout if model.training else 0.0
+
+    rotary = inner.rotary_emb
+    positions = torch.arange(length, device=input_ids.device, dtype=torch.float32)
+    freqs = positions[:, None] * rotary.inv_freq.to(input_ids.device, torch.float32)[None]
+    cos = freqs.cos() * rotary.attention_scaling
+    sin = freqs.sin() * rotary.attention_scaling
+    # x * cos + rotate_half(x) * sin == x * [cos, cos] + swap_halves(x) * [-sin, sin]
+    cos = torch.cat((cos, cos), -1).view(length, 1, 1, head_dim)
+    sin = torch.cat((-sin, sin), -1).view(length, 1, 1, head_dim)
+    causal = torch.full((length, length), float("-inf"), device=input_ids.device).triu(1)
+
+    h = _hooks(inner.embed_tokens, (input_ids,), inner.embed_tokens(input_ids))
+    for layer in inner.layers[: c.num_hidden_layers]:
+        attn, mlp = layer.self_attn, layer.mlp
+        x = _rms_norm(h, layer.input_layernorm)
+        w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
+        qkv = F.linear(x, w).view(batch, length, 3, heads, head_dim)
+        qk = qkv[:, :, :2]
+        half = head_dim // 2
+        swapped = torch.cat((qk[..., half:], qk[..., :half]), -1)
+        qk = torch.addcmul(qk * cos.to(qk.dtype), swapped, sin.to(qk.dtype))
+        q = qk[:, :, 0].transpose(1, 2).reshape(batch * heads, length, head_dim)
+        k = qk[:, :, 1].transpose(1, 2).reshape(batch * heads, length, head_dim)
+        v = qkv[:, :, 2].transpose(1, 2).reshape(batch * heads, length, head_dim)
+        scores = torch.baddbmm(causal.to(q.dtype), q, k.transpose(1, 2), alpha=head_dim**-0.5)
+        probs = torch.softmax(scores, -1)
+        if dropout:
+            keep, scale = _dropout_keep(probs.shape, dropout, probs.device)
+            out = torch.bmm(probs * keep, v) * scale
+        else:
+            out = torch.bmm(probs, v)
+        out = out.view(batch, heads, length, head_dim).transpose(1, 2).reshape(batch, length, -1)
+        out = F.linear(out, attn.o_proj.weight)
+        h = h + _hooks(attn, (x,), (out, None))[0]
+        x = _rms_norm(h, layer.post_attention_layernorm)
+        gate, up = F.linear(x, torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))).chunk(2, -1)
+        out = F.linear(F.silu(gate) * up, mlp.down_proj.weight)
+        h = h + _hooks(mlp, (x,), out)
+    return h
+
+
+def _llama_response_loss(
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    hidden = _llama_hidden(model, input_ids)
+    targets = labels[:, 1:]
+    selected = targets != IGNORE
+    x = _rms_norm(hidden[:, :-1][selected], model.model.norm)  # the norm is per position
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    with torch.autocast("cpu", enabled=False):
+        return _LinearCrossEntropy.apply(x, model.lm_head.weight, targets[selected], dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy(x @ weight.T, targets) with the matmuls in `dtype` and the softmax in
+    fp32; the logits' gradient (softmax - one-hot) is formed in the forward, in place, so the
+    [rows, vocabulary] buffers are written twice instead of six times."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, dtype):
+        xc, wc = x.to(dtype), weight.to(dtype)
+        logp = torch.log_softmax(torch.mm(xc, wc.t()).float(), -1)
+        rows = torch.arange(len(targets), device=x.device)
+        loss = -logp[rows, targets].mean()
+        ctx.dtypes = (x.dtype, weight.dtype)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad = logp.exp_()
+            grad[rows, targets] -= 1.0
+            ctx.save_for_backward(grad.to(dtype), xc, wc)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad, xc, wc = ctx.saved_tensors
+        scale = grad_loss / len(grad)
+        grad_x = (torch.mm(grad, wc).float() * scale).to(ctx.dtypes[0])
+        grad_w = (torch.mm(grad.t(), xc).float() * scale).to(ctx.dtypes[1])
+        return grad_x, grad_w, None, None
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def training_precision(device: torch.device, precision: str | None = None) -> str:
+    """'bf16' or 'fp32' for training on `device`. `precision` (or SIIT_TRAIN_PRECISION):
+    'auto' (default: bf16 autocast on CUDA and on CPUs with native bf16), 'bf16' or 'fp32'."""
+    choice = precision or os.environ.get("SIIT_TRAIN_PRECISION", "auto")
+    if choice not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"training precision must be auto, bf16 or fp32, not {choice!r}")
+    if choice != "auto":
+        return choice
+    return "bf16" if device.type == "cuda" or cpu_bf16_native() else "fp32"
 
 
 def shard(batch: Batch) -> tuple[Batch, float]:
@@ -173,15 +379,16 @@ class _ResponseLossModule(torch.nn.Module):
         return response_loss(self.model, Batch(input_ids, attention_mask, labels, 0))
 
 
-def _cuda_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """On CUDA: bf16 autocast, and flash/efficient attention rather than cuDNN's, which plans
-    anew for every sequence length (bucketed batches have many). On the CPU: nothing."""
-    if device.type != "cuda":
+def _precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16: autocast (on CUDA also flash/efficient attention rather than cuDNN's, which plans
+    anew for every sequence length; bucketed batches have many). fp32: nothing."""
+    if precision != "bf16":
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    stack.enter_context(sdpa_kernel(backends))
+    stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+    if device.type == "cuda":
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        stack.enter_context(sdpa_kernel(backends))
     return stack
 
 
@@ -200,11 +407,18 @@ class Trainer:
     """
 
     def __init__(
-        self, model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int, total_epochs: int
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        steps_per_epoch: int,
+        total_epochs: int,
+        precision: str | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
         device = next(model.parameters()).device
+        # `precision` (else train.precision where the config has it, else SIIT_TRAIN_PRECISION)
+        self.precision = training_precision(device, precision or getattr(cfg, "precision", None))
         self.data_parallel = distributed.setup(device)
         self._loss: torch.nn.Module = _ResponseLossModule(model)
         if self.data_parallel:
@@ -217,6 +431,7 @@ class Trainer:
                 self._loss, device_ids=device_ids
             )
         params = [p for p in model.parameters() if p.requires_grad]
+        self._params = list(model.parameters())
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -226,6 +441,8 @@ class Trainer:
             ],
             lr=cfg.lr,
             betas=(0.9, 0.98),
+            # one kernel for all parameters instead of ~10 per parameter (CPU and CUDA)
+            fused=device.type in ("cpu", "cuda") or None,
         )
         total = max(1, steps_per_epoch * total_epochs)
         warmup = max(1, int(cfg.warmup_ratio * total))
@@ -247,11 +464,11 @@ class Trainer:
                 batch.labels.to(device),
                 batch.n_label_tokens,
             )
-            with _cuda_precision(device):
+            with _precision_context(device, self.precision):
                 loss = self._loss(batch.input_ids, batch.attention_mask, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * share).backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip, foreach=True)
             self.optimizer.step()
             self.scheduler.step()
             loss_sum += loss.item() * batch.n_label_tokens

@@ -59,7 +59,14 @@ def train() -> tuple[dict[str, torch.Tensor], list[float]]:
     torch.set_num_threads(1)
     model = tiny_llama()
     data = examples()
-    trainer = Trainer(model, TrainConfig(lr=1e-2, warmup_ratio=0.0), -(-len(data) // BATCH), EPOCHS)
+    # fp32: DDP and one process agree up to fp32 rounding (bf16 rounds the half batches apart)
+    trainer = Trainer(
+        model,
+        TrainConfig(lr=1e-2, warmup_ratio=0.0),
+        -(-len(data) // BATCH),
+        EPOCHS,
+        precision="fp32",
+    )
     losses = [
         trainer.train_epoch(length_bucketed_batches(data, BATCH, 0, np.random.default_rng(e)))[
             "loss"

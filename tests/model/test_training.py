@@ -1,0 +1,188 @@
+"""The Trainer's CPU fast path: the same loss and gradients as the model's own forward, the
+same run twice for the same seed, and the stock weights it trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from components.config import TrainConfig
+from components.model import training
+from components.model.prompts import IGNORE, Example
+from components.model.regularization import add_residual_dropout
+from components.model.training import (
+    Batch,
+    Trainer,
+    collate,
+    length_bucketed_batches,
+    response_loss,
+)
+
+VOCAB = 50
+
+
+def tiny_llama(dropout: float = 0.1, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        attention_dropout=dropout,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def examples(n: int = 24, seed: int = 0) -> list[Example]:
+    """Counting sequences of varied length with a prompt of 2-4 unlabelled tokens."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        start, length, prompt = rng.integers(0, VOCAB), rng.integers(6, 20), rng.integers(2, 5)
+        ids = ((start + np.arange(length)) % VOCAB).tolist()
+        out.append(Example(ids, [IGNORE] * prompt + ids[prompt:]))
+    return out
+
+
+def reference_loss(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
+    """The model's own forward, head on labelled positions (the path other models take)."""
+    hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+    targets = batch.labels[:, 1:]
+    selected = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][selected])
+    return F.cross_entropy(logits.float(), targets[selected])
+
+
+def test_collate_pads_right_and_counts_labels() -> None:
+    rows = [Example([5, 6, 7], [IGNORE, 6, 7]), Example([1, 2, 3, 4, 5], [IGNORE] * 3 + [4, 5])]
+    batch = collate(rows, pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 0, 0], [1, 2, 3, 4, 5]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch.labels.tolist() == [[IGNORE, 6, 7, IGNORE, IGNORE], [IGNORE] * 3 + [4, 5]]
+    assert batch.n_label_tokens == 4
+    assert batch.input_ids.dtype == batch.labels.dtype == torch.long
+
+
+def test_fast_path_computes_what_the_model_computes() -> None:
+    """Dropout off (eval), fp32: loss and every parameter's gradient as transformers' forward."""
+    model = tiny_llama().eval()
+    batch = collate(examples(), pad_id=0)
+    assert training._fast_llama(model, batch.input_ids.device)
+    ours = response_loss(model, batch)
+    theirs = reference_loss(model, batch)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    params = list(model.parameters())
+    for a, b in zip(
+        torch.autograd.grad(ours, params), torch.autograd.grad(theirs, params), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_path_runs_residual_dropout_hooks_and_declines_other_hooks() -> None:
+    model = tiny_llama(dropout=0.0).train()
+    batch = collate(examples(), pad_id=0)
+    plain = response_loss(model, batch)
+    handles = add_residual_dropout(model, 0.5)
+    assert training._fast_llama(model, batch.input_ids.device)
+    torch.manual_seed(0)
+    dropped = response_loss(model, batch)
+    assert not torch.equal(plain, dropped)  # the hooks ran
+    model.eval()
+    torch.testing.assert_close(response_loss(model, batch), reference_loss(model, batch))
+    for h in handles:
+        h.remove()
+    handle = model.model.norm.register_forward_hook(lambda *a: None)
+    assert not training._fast_llama(model, batch.input_ids.device)  # would skip that hook
+    handle.remove()
+    assert training._fast_llama(model, batch.input_ids.device)
+    assert not training._fast_llama(model, torch.device("meta"))
+
+
+def test_fused_head_and_cross_entropy() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(40, 16, requires_grad=True)
+    w = torch.randn(30, 16, requires_grad=True)
+    t = torch.randint(0, 30, (40,))
+    ref = F.cross_entropy(x @ w.t(), t)
+    ours = training._LinearCrossEntropy.apply(x, w, t, torch.float32)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(
+        torch.autograd.grad(3 * ours, (x, w)), torch.autograd.grad(3 * ref, (x, w)), strict=True
+    ):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # no gradient kept for an evaluation loss
+        torch.testing.assert_close(training._LinearCrossEntropy.apply(x, w, t, torch.float32), ref)
+
+
+def test_attention_dropout_mask_rate_and_scale() -> None:
+    torch.manual_seed(0)
+    keep, scale = training._dropout_keep(torch.Size([64, 100, 100]), 0.1, torch.device("cpu"))
+    assert keep.dtype == torch.bool and keep.shape == (64, 100, 100)
+    assert abs(float(keep.float().mean()) - 0.9) < 0.005
+    assert scale == pytest.approx(1 / 0.9, rel=1e-4)
+
+
+def test_training_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert training.training_precision(cpu, "fp32") == "fp32"
+    assert training.training_precision(cpu, "bf16") == "bf16"
+    monkeypatch.setattr(training, "cpu_bf16_native", lambda: False)
+    assert training.training_precision(cpu) == "fp32"
+    monkeypatch.setattr(training, "cpu_bf16_native", lambda: True)
+    assert training.training_precision(cpu) == "bf16"
+    monkeypatch.setenv("SIIT_TRAIN_PRECISION", "fp32")
+    assert training.training_precision(cpu) == "fp32"
+    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
+        training.training_precision(cpu, "fp16")
+
+
+def _train_twice_the_same(precision: str, residual_dropout: float = 0.0) -> None:
+    def run() -> tuple[list[float], dict[str, torch.Tensor]]:
+        model = tiny_llama()
+        add_residual_dropout(model, residual_dropout)
+        data = examples(48)
+        cfg = TrainConfig(lr=1e-2, batch_size=8, warmup_ratio=0.1)
+        trainer = Trainer(model, cfg, -(-len(data) // 8), 2, precision=precision)
+        losses = []
+        for epoch in range(2):
+            torch.manual_seed(100 + epoch)  # as TrainingSession seeds each epoch's dropout
+            rng = np.random.default_rng(epoch)
+            losses.append(trainer.train_epoch(length_bucketed_batches(data, 8, 0, rng))["loss"])
+        return losses, {k: v.clone() for k, v in model.state_dict().items()}
+
+    losses_a, weights_a = run()
+    losses_b, weights_b = run()
+    assert losses_a == losses_b
+    assert losses_a[1] < losses_a[0]
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_training_is_deterministic_in_fp32() -> None:
+    _train_twice_the_same("fp32", residual_dropout=0.1)
+
+
+def test_training_is_deterministic_in_bf16() -> None:
+    """bf16 autocast (the CPU default where bf16 is native) is deterministic too; emulated
+    bf16 is slow but computes the same way."""
+    _train_twice_the_same("bf16", residual_dropout=0.1)
+
+
+def test_trained_model_saves_as_stock_llama(tmp_path) -> None:
+    model = tiny_llama()
+    data = examples(16)
+    trainer = Trainer(model, TrainConfig(lr=1e-2, batch_size=8), 2, 1)
+    trainer.train_epoch(length_bucketed_batches(data, 8, 0, np.random.default_rng(0)))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    model.eval()
+    batch = collate(data, pad_id=0)
+    torch.testing.assert_close(reference_loss(loaded, batch), reference_loss(model, batch))
+    assert (tmp_path / "model.safetensors").exists()
