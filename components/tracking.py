@@ -228,6 +228,14 @@ def stage_outputs_used(stage: str, root: Path | None = None) -> dict[str, Path]:
 
 
 def _log_lineage(inputs: Mapping[str, Path], context: str) -> None:
+    """Lineage is worth a warning, never a failed stage."""
+    try:
+        _log_lineage_or_raise(inputs, context)
+    except Exception as exc:  # noqa: BLE001 - tracking extras must not stop training
+        warnings.warn(f"could not log data lineage to MLflow: {exc}", stacklevel=2)
+
+
+def _log_lineage_or_raise(inputs: Mapping[str, Path], context: str) -> None:
     """DVC hashes as tags and as MLflow dataset inputs (the runs table's Dataset column)."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -245,7 +253,9 @@ def _log_lineage(inputs: Mapping[str, Path], context: str) -> None:
             source = resolve_dataset_source(str(path.resolve()))
         datasets.append(MetaDataset(source=source, name=name, digest=digest))
     mlflow.set_tags(tags)
-    mlflow.log_inputs(datasets=datasets, contexts=[context] * len(datasets))
+    mlflow.log_inputs(
+        datasets=datasets, contexts=[context] * len(datasets), tags_list=[None] * len(datasets)
+    )
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -508,6 +518,13 @@ def champion_version(cfg: TrackingConfig) -> str | None:
 
 def load_pyfunc(cfg: TrackingConfig, model_uri: str):
     return _mlflow(cfg).pyfunc.load_model(model_uri)
+
+
+def log_artifact_to_run(
+    cfg: TrackingConfig, run_id: str, path: str | Path, artifact_path: str | None = None
+) -> None:
+    """Attach a file to a finished run (its status and times are left alone)."""
+    _mlflow(cfg).MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def set_tags(tags: Mapping[str, str]) -> None:

@@ -8,9 +8,12 @@ Each run of the `retrain` flow:
    concurrency limit (1, enqueue) already makes a second triggered run wait for the first;
    the lock also covers a manual `dvc repro` or a second `siit deploy` on the same tree;
 2. applies the deployment's `-S` overrides to params.yaml (as `dvc exp run -S` does);
-3. runs `dvc repro`, so dvc.lock records the lineage and unchanged stages are skipped; every
+3. when the user's source files (`data.source: files | amazon`) differ from their snapshot in
+   data/raw (new interactions appended, say), re-runs `prepare` (`dvc repro -f prepare`):
+   DVC cannot track files whose paths live in params.yaml;
+4. runs `dvc repro`, so dvc.lock records the lineage and unchanged stages are skipped; every
    stage's MLflow run carries the flow run's id as `siit.pipeline_run`;
-4. returns (and logs) the stages that ran and, when `register` ran, the registry decision.
+5. returns (and logs) the stages that ran and, when `register` ran, the registry decision.
 """
 
 from __future__ import annotations
@@ -65,10 +68,34 @@ def apply_overrides(params_file: Path, overrides: list[str]) -> None:
     load_params(params_file)  # fail now on a typo, before any stage runs
 
 
-def repro(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def changed_sources(root: Path) -> list[str]:
+    """The user's input files that differ from (or are missing in) the data/raw snapshot."""
+    from components.config import load_params
+    from components.paths import Paths
+    from components.tracking import dvc_md5
+
+    data = load_params(root / "params.yaml").data
+    if data.source == "files":
+        inputs = [data.files.interactions, data.files.items]
+    elif data.source == "amazon":
+        inputs = [data.amazon.reviews, data.amazon.metadata]
+    else:
+        return []
+    raw = Paths(root).raw
+    changed = []
+    for value in inputs:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else root / path
+        snapshot = raw / path.name
+        if path.is_file() and (not snapshot.is_file() or dvc_md5(path) != dvc_md5(snapshot)):
+            changed.append(str(value))
+    return changed
+
+
+def repro(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     dvc = str(Path(sys.executable).parent / "dvc")
     return subprocess.run(
-        [dvc, "repro"], cwd=root, env=env, capture_output=True, text=True, check=False
+        [dvc, "repro", *args], cwd=root, env=env, capture_output=True, text=True, check=False
     )
 
 
@@ -97,13 +124,19 @@ def retrain_flow(root: str = ".", overrides: list[str] | None = None, wait_s: fl
             "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
             "SIIT_PIPELINE_RUN": run_id or os.environ.get("SIIT_PIPELINE_RUN", ""),
         }
-        proc = repro(root_path, env)
-        stages = ran_stages(proc.stdout)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"dvc repro failed (exit {proc.returncode}) after stages {stages}:\n"
-                f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-            )
+        stages: list[str] = []
+        changed = changed_sources(root_path)
+        runs = [("-f", "prepare"), ()] if changed else [()]
+        if changed:
+            logger.info("source files changed since the last snapshot: %s", changed)
+        for args in runs:
+            proc = repro(root_path, env, *args)
+            stages += [s for s in ran_stages(proc.stdout) if s not in stages]
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"dvc repro {' '.join(args)} failed (exit {proc.returncode}) after stages "
+                    f"{stages}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+                )
         record = root_path / "artifacts/registered_model.json"
         registered = (
             json.loads(record.read_text()) if "register" in stages and record.exists() else None

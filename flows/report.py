@@ -59,13 +59,62 @@ def report_flow(params_file: str = "params.yaml", root: str = ".") -> str:
     atomic_write_json(paths.reports / "metrics.json", metrics)
     atomic_write_parquet(pl.concat(frames), paths.reports / "recommendations_test.parquet")
     get_run_logger().info("\n%s", format_metrics_table(metrics))
+    plots = plots_task(paths)
     with tracking.start_run(params.tracking, "report", tags={"stage": "report"}):
         for model in ("popularity", *MODELS):
             for split, values in metrics[model].items():
                 tracking.log_metrics(values, prefix=f"{model}/{split}/")
         tracking.log_metrics(metrics["improvement"], prefix="improvement/")
         tracking.log_artifact(paths.reports / "metrics.json", "reports")
+        for plot in plots:
+            tracking.log_artifact(plot, "plots")
+    attach_plots_task(params, paths, plots)
     return str(paths.reports / "metrics.json")
+
+
+@task(name="round-plots", cache_policy=NO_CACHE)
+def plots_task(paths: Paths) -> list[Path]:
+    """PNGs: validation NDCG@10 per round (both models), SIIT's churn per round, code usage."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = paths.reports / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = {m: paths.rounds_csv(m) for m in MODELS if paths.rounds_csv(m).exists()}
+    frames = {m: pl.read_csv(p) for m, p in rounds.items()}
+    written: list[Path] = []
+    panels = [("valid_ndcg@10", "validation NDCG@10", list(frames))]
+    if "siit" in frames and "churn" in frames["siit"].columns:
+        panels.append(("churn", "identifiers changed by refinement (SIIT)", ["siit"]))
+    for column, title, models in panels:
+        figure = Figure(figsize=(5.0, 3.2), layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        for model in models:
+            frame = frames[model].drop_nulls(column) if column in frames[model].columns else None
+            if frame is not None and frame.height:
+                ax.plot(frame["round"], frame[column], marker="o", label=model)
+        ax.set_xlabel("round")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        path = out_dir / f"{column.replace('@', '_at_')}_per_round.png"
+        figure.savefig(path, format="png", dpi=100)
+        written.append(path)
+    code_usage = paths.reports / "code_usage.png"
+    return [*written, *([code_usage] if code_usage.exists() else [])]
+
+
+@task(name="attach-plots", cache_policy=NO_CACHE)
+def attach_plots_task(params: Params, paths: Paths, plots: list[Path]) -> None:
+    """The same plots on the training runs that made the reported models (comparable runs)."""
+    for model in MODELS:
+        valid = _read_json(paths.model_report(model))["valid"]["ndcg@10"]
+        run_id = tracking.find_run(
+            params.tracking, f"train_{model}", "best_valid/ndcg_at_10", valid
+        )
+        if run_id:
+            for plot in plots:
+                tracking.log_artifact_to_run(params.tracking, run_id, plot, "plots")
 
 
 def _read_json(path: Path) -> dict:

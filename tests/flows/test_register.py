@@ -58,7 +58,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         make_bundle(root / "artifacts/models" / mode, seed=seed)
         write_report(root, mode, 0.30 if mode == "siit" else 0.25)
     write_dataset(root)
-    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t-register")
+    cfg = TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="t-register")
     params = {"tracking": cfg.model_dump(), "data": {"max_history": 8}}
     params["evaluate"] = {"beam_size": 10, "top_k": 5, "batch_size": 16}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -166,3 +166,25 @@ def test_champion_moves_only_for_a_better_model_on_the_same_data(project) -> Non
     other = new_version()
     assert not tracking.gate_champion(cfg, other, score=0.99, fingerprint="data-v3").promoted
     assert tracking.champion_version(cfg) == on_new_data
+
+
+def test_siit_compare_shows_two_runs_side_by_side(
+    project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows import cli
+
+    root, cfg = project
+    ids = []
+    for lr, ndcg in ((0.001, 0.2), (0.003, 0.25)):
+        with tracking.start_run(cfg, f"static-lr{lr}", tags={"stage": "train_static"}) as run:
+            tracking.log_params({"train": {"lr": lr, "epochs": 6}})
+            tracking.log_metrics({"ndcg@10": ndcg}, prefix="best_valid/")
+        ids.append(run.info.run_id)
+    assert cli.main(["compare", ids[0], "static-lr0.003"]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr" in out and "0.001" in out and "0.003" in out and "differs" in out
+    assert "train.epochs" not in out  # equal params only with --all
+    assert "best_valid/ndcg_at_10" in out and "+0.05" in out
+    assert cli.main(["compare", ids[0], ids[1], "--all"]) == 0
+    assert "train.epochs" in capsys.readouterr().out
+    assert cli.main(["compare", ids[0], "no-such-run"]) == 1
