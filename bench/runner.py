@@ -46,8 +46,14 @@ def prefect_server():
         yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
 
 
-def run_config(name: str, overrides: dict, stages: list[str], env: dict[str, str]) -> dict:
-    """Run `stages` for one configuration; returns the reports it produced and the wall times."""
+def run_config(
+    name: str, overrides: dict, stages: list[str], env: dict[str, str], reuse: bool = False
+) -> dict:
+    """Run `stages` for one configuration; returns the reports it produced and the wall times.
+
+    reuse: when the folder already holds a finished run of these stages with the very same
+    params.yaml, return its reports instead of training again (e.g. the static model shared
+    by several SIIT settings of one seed)."""
     work = RUNS / name
     (work / "data").mkdir(parents=True, exist_ok=True)
     for sub in ("processed", "embeddings"):
@@ -56,7 +62,13 @@ def run_config(name: str, overrides: dict, stages: list[str], env: dict[str, str
         if not link.exists():
             link.symlink_to(ROOT / "data" / sub)
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    text = yaml.safe_dump(params, sort_keys=False)
+    params_file = work / "params.yaml"
+    done = work / f".done-{'-'.join(stages)}"
+    if reuse and done.exists() and params_file.exists() and params_file.read_text() == text:
+        return _reports(work, json.loads(done.read_text()))
+    done.unlink(missing_ok=True)
+    params_file.write_text(text)
     full_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     seconds = {}
     for stage in stages:
@@ -67,6 +79,11 @@ def run_config(name: str, overrides: dict, stages: list[str], env: dict[str, str
         if proc.returncode:
             raise RuntimeError(f"{name}: siit {stage} failed:\n{proc.stderr[-3000:]}")
         seconds[stage] = time.perf_counter() - start
+    done.write_text(json.dumps(seconds))
+    return _reports(work, seconds)
+
+
+def _reports(work: Path, seconds: dict) -> dict:
     reports = {"seconds": seconds}
     for key, path in {
         "tokenize": work / "reports/tokenize.json",

@@ -79,7 +79,7 @@ def run_seed(seed: int, extra: dict, variants: dict[str, dict], tag: str, env, j
     `fresh`, a static model on each variant's final map."""
     base = merge(extra, {"tokenize": {"seed": seed}, "train": {"seed": seed}})
     static_name = f"{tag}-s{seed}-static"
-    out = {"static": run_config(static_name, base, ["tokenize"], env)}
+    out = {"static": run_config(static_name, base, ["tokenize"], env, reuse=True)}
     token_map = RUNS / static_name / "artifacts" / "tokenize"
 
     def train(name: str, overrides: dict, stage: str, initial_map: Path) -> dict:
@@ -89,7 +89,7 @@ def run_seed(seed: int, extra: dict, variants: dict[str, dict], tag: str, env, j
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
             shutil.copy(initial_map, target / "token_map.parquet")
-        return run_config(name, overrides, [stage], env)
+        return run_config(name, overrides, [stage], env, reuse=True)
 
     tasks = {"static": (static_name, base, "train_static", token_map / "token_map.parquet")}
     for name, overrides in variants.items():
@@ -139,9 +139,14 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="static on each variant's final map")
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once (threads split)")
     parser.add_argument("--tag", default="", help="run-folder prefix (default: from -S)")
+    parser.add_argument(
+        "--static-only", action="store_true", help="train the static models only (for later reuse)"
+    )
     args = parser.parse_args()
     extra = parse_set(args.sets)
     variants = dict(parse_variant(v) for v in args.variant) or {"siit": {}}
+    if args.static_only:
+        variants = {}
     tag = args.tag or "-".join(a.replace("=", "").replace(".", "") for a in args.sets) or "default"
     if args.jobs > 1:  # split the cores between the trainings that run at once
         extra = merge({"train": {"threads": 1}}, extra)
@@ -151,7 +156,8 @@ def main() -> None:
         for seed in args.seeds:
             results[seed] = run_seed(seed, extra, variants, tag, env, args.jobs, args.fresh)
             print(f"done: seed {seed}", file=sys.stderr, flush=True)
-    print_tables(results, variants, args.fresh)
+    if variants:
+        print_tables(results, variants, args.fresh)
 
 
 def print_tables(results: dict[int, dict], variants: dict[str, dict], fresh: bool) -> None:
