@@ -12,7 +12,7 @@ On the CPU (where the tiny profile trains) a step of a small model is mostly ele
 traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_loss`: the
 same computation as the model's own forward, written for it (the q/k/v and gate/up weights are
 concatenated at use, so the saved weights stay the stock ones; cheaper attention dropout; the
-final norm and the head only at labelled positions; the head and its cross-entropy fused), and
+final norm and the head only at labelled positions), and
 under bf16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), with fp32
 master weights, optimizer and loss. See docs/benchmarks.md (training throughput) for the
 profile behind each choice.
@@ -233,15 +233,18 @@ def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
 
 
-def _dropout_keep(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A keep-mask with P(drop) = round(p * 2**16) / 2**16 and its rescaling factor.
+def _dropout_keep(
+    shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, float]:
+    """A 0/1 keep-mask in `dtype` with P(0) = round(p * 2**16) / 2**16, and its rescaling.
 
     Four 16-bit draws per 64-bit random word: about 4x cheaper on the CPU than `bernoulli_`,
-    which was the largest single kernel of a bf16 step; deterministic under the seed."""
+    which was the largest single kernel of a bf16 step; deterministic under the seed. In the
+    activations' dtype, so neither the product nor its gradient converts a bool mask."""
     n = math.prod(shape)
     cut = round(p * 65536)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    keep = words.view(torch.int16)[:n].view(shape) >= cut - 32768
+    keep = (words.view(torch.int16)[:n].view(shape) >= cut - 32768).to(dtype)
     return keep, 65536 / (65536 - cut)
 
 
@@ -270,8 +273,7 @@ def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
         w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
         qkv = F.linear(x, w).view(batch, length, 3, heads, head_dim)
         qk = qkv[:, :, :2]
-        half = head_dim // 2
-        swapped = torch.cat((qk[..., half:], qk[..., :half]), -1)
+        swapped = qk.roll(head_dim // 2, -1)  # the halves swapped
         qk = torch.addcmul(qk * cos.to(qk.dtype), swapped, sin.to(qk.dtype))
         q = qk[:, :, 0].transpose(1, 2).reshape(batch * heads, length, head_dim)
         k = qk[:, :, 1].transpose(1, 2).reshape(batch * heads, length, head_dim)
@@ -279,7 +281,7 @@ def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
         scores = torch.baddbmm(causal.to(q.dtype), q, k.transpose(1, 2), alpha=head_dim**-0.5)
         probs = torch.softmax(scores, -1)
         if dropout:
-            keep, scale = _dropout_keep(probs.shape, dropout, probs.device)
+            keep, scale = _dropout_keep(probs.shape, dropout, probs.dtype, probs.device)
             out = torch.bmm(probs * keep, v) * scale
         else:
             out = torch.bmm(probs, v)
@@ -300,36 +302,7 @@ def _llama_response_loss(
     targets = labels[:, 1:]
     selected = targets != IGNORE
     x = _rms_norm(hidden[:, :-1][selected], model.model.norm)  # the norm is per position
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    with torch.autocast("cpu", enabled=False):
-        return _LinearCrossEntropy.apply(x, model.lm_head.weight, targets[selected], dtype)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """mean cross-entropy(x @ weight.T, targets) with the matmuls in `dtype` and the softmax in
-    fp32; the logits' gradient (softmax - one-hot) is formed in the forward, in place, so the
-    [rows, vocabulary] buffers are written twice instead of six times."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, dtype):
-        xc, wc = x.to(dtype), weight.to(dtype)
-        logp = torch.log_softmax(torch.mm(xc, wc.t()).float(), -1)
-        rows = torch.arange(len(targets), device=x.device)
-        loss = -logp[rows, targets].mean()
-        ctx.dtypes = (x.dtype, weight.dtype)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad = logp.exp_()
-            grad[rows, targets] -= 1.0
-            ctx.save_for_backward(grad.to(dtype), xc, wc)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad, xc, wc = ctx.saved_tensors
-        scale = grad_loss / len(grad)
-        grad_x = (torch.mm(grad, wc).float() * scale).to(ctx.dtypes[0])
-        grad_w = (torch.mm(grad.t(), xc).float() * scale).to(ctx.dtypes[1])
-        return grad_x, grad_w, None, None
+    return F.cross_entropy(F.linear(x, model.lm_head.weight).float(), targets[selected])
 
 
 def cpu_bf16_native() -> bool:
