@@ -168,6 +168,16 @@ def read_bytes(path: Path, shown: str | None = None) -> bytes:
 def decode_utf8(data: bytes, shown: str) -> str:
     """Text of a UTF-8 file (a leading byte-order mark dropped); other encodings are a DataError
     quoting the line with the first undecodable byte."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(
+            f"{shown}: the file is UTF-16 (e.g. Excel's 'Unicode Text' export): save it as "
+            f"'CSV UTF-8'"
+        )
+    if data[:4] == b"PK\x03\x04":
+        raise DataError(
+            f"{shown}: the file is a zip archive (an Excel .xlsx workbook?), not a text table: "
+            f"export the sheet as 'CSV UTF-8'"
+        )
     try:
         return data.removeprefix(BOM).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -184,15 +194,18 @@ def decode_utf8(data: bytes, shown: str) -> str:
         ) from None
 
 
-def table_format(path: Path, fmt: str) -> str:
+def table_format(path: Path, fmt: str, shown: str | None = None) -> str:
     """The file format: `fmt` unless "auto", else guessed from the extension (.gz ignored)."""
+    shown = shown or str(path)
     if fmt != "auto":
         return fmt
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     if suffixes and suffixes[-1] in _FORMATS:
         return _FORMATS[suffixes[-1]]
+    if suffixes and suffixes[-1] in (".xlsx", ".xls", ".ods"):
+        raise DataError(f"{shown}: spreadsheets are not read: export the sheet as 'CSV UTF-8'")
     raise DataError(
-        f"{path}: cannot tell the format from the extension; set data.files.format "
+        f"{shown}: cannot tell the format from the extension; set data.files.format "
         f"to one of csv, tsv, parquet, jsonl"
     )
 
@@ -265,7 +278,7 @@ def read_table(path: Path, fmt: str, shown: str) -> pl.DataFrame:
     rows are dropped; an empty file, a header without rows or a malformed line is a
     DataError naming the file and the line.
     """
-    kind = table_format(path, fmt)
+    kind = table_format(path, fmt, shown)
     try:
         if kind == "parquet":
             df = pl.read_parquet(path)

@@ -368,3 +368,20 @@ def test_movielens_download_end_to_end(tmp_path: Path) -> None:
         "Toy Story",
         "Toy Story (1995) | genres: Animation, Children's, Comedy",
     )
+
+
+def test_spreadsheet_extension_is_named(tmp_path: Path) -> None:
+    (tmp_path / "events.xlsx").write_bytes(b"PK\x03\x04")
+    (tmp_path / "items.csv").write_text("item_id,title\ni,I\n")
+    cfg = DataConfig(
+        source="files",
+        files=FilesSource(
+            interactions=str(tmp_path / "events.xlsx"), items=str(tmp_path / "items.csv")
+        ),
+    )
+    with pytest.raises(DataError) as err:
+        fetch_raw(cfg, tmp_path / "raw")
+    assert str(err.value) == (
+        f"{tmp_path / 'events.xlsx'}: spreadsheets are not read: export the sheet as 'CSV UTF-8'"
+    )
+    assert not (tmp_path / "raw").exists()

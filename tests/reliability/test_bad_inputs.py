@@ -136,6 +136,8 @@ REJECTED: dict[str, tuple[str, list[str]]] = {
         "prepare",
         ["interactions.parquet: column 'timestamp': timestamps of type Boolean are not supported"],
     ),
+    "utf16_excel_export": ("prepare", ["interactions.csv: the file is UTF-16", "CSV UTF-8"]),
+    "xlsx_saved_as_csv": ("prepare", ["interactions.csv: the file is a zip archive", "xlsx"]),
 }
 ACCEPTED = [
     "ok_bom_crlf_quoted_commas",
