@@ -4,6 +4,8 @@
     python bench/train_throughput.py --models tiny --steps 30
     python bench/train_throughput.py --models smollm2 --steps 3 --batch-size 8
     python bench/train_throughput.py --models tiny --repeats 3 --threads 2   # best of 3, interleaved
+    python bench/train_throughput.py --models tiny --reference /tmp/ref/components/model/training.py \
+        --profile 10        # + another commit's Trainer on the same data; where the time goes
 
 Data: synthetic `seqrec` windows as the train stage builds them (PromptBuilder, 20 items of
 history, 3-level identifiers of 256 codes). Both trainers start from the same freshly created
@@ -24,6 +26,11 @@ matmuls). With LoRA the frozen weights get no weight gradient, so 6N overstates 
 actually needed: MFU is comparable between the two trainers, not an absolute efficiency.
 With `--repeats N` each trainer is measured N times, interleaved, and its best run is kept
 (a shared machine's other jobs only ever slow a run down).
+
+`--reference FILE` adds the `Trainer` of another version of components/model/training.py (e.g.
+a git worktree of an older commit), run on the same data in the same process. `--profile N`
+then profiles N steps of each siit Trainer row (torch.profiler, CPU time of all threads) and
+prints where a step's time goes, by kind of operator.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import copy  # noqa: E402
+import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -60,6 +69,7 @@ from components.model.training import (  # noqa: E402
 )
 
 MODELS = ("tiny", "smollm2")
+REFERENCE = None  # --reference: another version's training module
 CODEBOOKS = (256, 256, 256)
 MAX_HISTORY = 20
 
@@ -109,19 +119,64 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied matrix once
 
 
-def ours(
-    rec: GenerativeRecommender, examples, cfg: TrainConfig, warmup: int, steps: int, precision: str
-) -> float:
-    trainer = Trainer(
-        rec.model, cfg, steps_per_epoch=warmup + steps, total_epochs=1, precision=precision
-    )
+def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig):
     pad = rec.tokenizer.pad_token_id or 0
-    batches = itertools.chain.from_iterable(  # epoch after epoch, like the transformers Trainer
+    return itertools.chain.from_iterable(  # epoch after epoch, like the transformers Trainer
         length_bucketed_batches(examples, cfg.batch_size, pad, np.random.default_rng(e))
         for e in itertools.count()
     )
+
+
+def _make_trainer(rec: GenerativeRecommender, cfg: TrainConfig, steps: int, precision: str):
+    if precision.startswith("reference"):  # another version's Trainer (fp32, its own choices)
+        return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1)
+    return Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, precision=precision)
+
+
+def ours(
+    rec: GenerativeRecommender, examples, cfg: TrainConfig, warmup: int, steps: int, precision: str
+) -> float:
+    trainer = _make_trainer(rec, cfg, warmup + steps, precision)
+    batches = _batches(rec, examples, cfg)
     trainer.train_epoch(next(batches) for _ in range(warmup))
     return trainer.train_epoch(next(batches) for _ in range(steps))["tokens_per_s"]
+
+
+KINDS = (  # (kind, operator-name fragments), first match wins
+    ("matmul", ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::linear")),
+    ("attention kernel (SDPA)", ("scaled_dot_product", "flash_attention")),
+    ("softmax + cross-entropy", ("softmax", "nll_loss")),
+    ("dropout RNG", ("bernoulli", "random_", "aten::ge")),
+    ("dtype casts, copies", ("aten::copy_", "aten::to", "aten::clone", "aten::contiguous")),
+    ("optimizer + clipping", ("adam", "lerp", "addcdiv", "sqrt", "norm", "foreach")),
+    ("elementwise (norms, RoPE, SiLU, residuals, masks)", ("aten::",)),
+)
+
+
+def profile_steps(
+    rec: GenerativeRecommender, examples, cfg: TrainConfig, steps: int, precision: str
+) -> dict[str, float]:
+    """ms per step by kind of operator (self CPU time, all threads), and the wall ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = _make_trainer(rec, cfg, steps + 3, precision)
+    batches = _batches(rec, examples, cfg)
+    trainer.train_epoch(next(batches) for _ in range(3))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        stats = trainer.train_epoch(next(batches) for _ in range(steps))
+    out: dict[str, float] = collections.defaultdict(float)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        if not name.startswith("aten::") and "adam" not in name:
+            continue  # python-level ranges and autograd wrappers: their children are counted
+        kind = next(
+            (k for k, frags in KINDS if any(f.lower() in name for f in frags)), "elementwise"
+        )
+        out[kind] += event.self_cpu_time_total / 1e3 / steps
+    total_self = sum(out.values())
+    out["(all operators)"] = total_self
+    out["(wall per step)"] = stats["seconds"] * 1e3 / steps
+    return dict(out)
 
 
 class _Clock(TrainerCallback):
@@ -200,6 +255,7 @@ def bench(
     n_items: int,
     n_users: int,
     repeats: int = 1,
+    profile: int = 0,
 ) -> list[Row]:
     cfg = TrainConfig(batch_size=batch_size, lr=3e-3 if name == "tiny" else 3e-4)
     device = pick_device()
@@ -211,6 +267,8 @@ def bench(
     runs = [("siit Trainer", ours, ours_precision)]
     if ours_precision != default:
         runs.append(("siit Trainer", ours, default))
+    if REFERENCE is not None:
+        runs.append(("reference Trainer", ours, "reference fp32"))
     runs.append(("transformers Trainer", transformers_trainer, default))
     if ours_precision != default:
         runs.append(("transformers Trainer", transformers_trainer, ours_precision))
@@ -223,8 +281,24 @@ def bench(
             rec = copy.deepcopy(fresh)
             best[i] = max(best[i], run(rec, examples, cfg, warmup, steps, precision))
             del rec
+    if profile:
+        profiles = {
+            f"{label} {precision}": profile_steps(
+                copy.deepcopy(fresh), examples, cfg, profile, precision
+            )
+            for label, run, precision in runs
+            if run is ours
+        }
+        kinds = [k for k, _ in KINDS] + ["(all operators)", "(wall per step)"]
+        print(f"\n  {name}: ms per step by kind of operator ({profile} profiled steps)")
+        print("| kind | " + " | ".join(profiles) + " |")
+        print("|---|" + "---:|" * len(profiles))
+        for kind in kinds:
+            cells = " | ".join(f"{p.get(kind, 0.0):.1f}" for p in profiles.values())
+            print(f"| {kind} | {cells} |")
+        print()
     return [
-        Row(name, params, label, precision, tps)
+        Row(name, params, label, precision.removeprefix("reference "), tps)
         for (label, _, precision), tps in zip(runs, best, strict=True)
     ]
 
@@ -253,9 +327,24 @@ def main() -> None:
         default=1,
         help="measure each trainer N times (interleaved), keep the best",
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="components/model/training.py of another version: its Trainer as one more row",
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="profile N steps of each siit Trainer row"
+    )
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args()
+    if args.reference:
+        global REFERENCE
+        spec = importlib.util.spec_from_file_location("reference_training", args.reference)
+        REFERENCE = importlib.util.module_from_spec(spec)
+        sys.modules["reference_training"] = REFERENCE
+        spec.loader.exec_module(REFERENCE)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device()
@@ -279,7 +368,15 @@ def main() -> None:
             else ModelConfig(profile="pretrained", name_or_path=args.smollm2)
         )
         rows += bench(
-            model, model_cfg, batch, args.warmup, steps, args.items, args.users, args.repeats
+            model,
+            model_cfg,
+            batch,
+            args.warmup,
+            steps,
+            args.items,
+            args.users,
+            args.repeats,
+            args.profile,
         )
         print(
             f"  {model}: batch {batch}, {args.warmup} warm-up + {steps} timed steps, "

@@ -12,7 +12,7 @@ On the CPU (where the tiny profile trains) a step of a small model is mostly ele
 traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_loss`: the
 same computation as the model's own forward, written for it (the q/k/v and gate/up weights are
 concatenated at use, so the saved weights stay the stock ones; cheaper attention dropout; the
-final norm and the head only at labelled positions), and
+last layer's attention output, MLP, final norm and head only where there are labels), and
 under bf16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), with fp32
 master weights, optimizer and loss. See docs/benchmarks.md (training throughput) for the
 profile behind each choice.
@@ -248,8 +248,15 @@ def _dropout_keep(
     return keep, 65536 / (65536 - cut)
 
 
-def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """The decoder's last hidden states before the final norm: [batch, length, hidden]."""
+def _llama_hidden(
+    model: torch.nn.Module, input_ids: torch.Tensor, selected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The decoder's last hidden states before the final norm: [batch, length, hidden], or
+    with `selected` (bool [batch, length]) only at those positions: [n_selected, hidden].
+
+    Only the last layer's keys and values are needed at the other positions, so with
+    `selected` its attention output projection, residual and MLP run at the selected
+    positions only (most of a layer's work; with item2id prompts most positions)."""
     inner, c = model.model, model.config
     batch, length = input_ids.shape
     heads = c.num_attention_heads
@@ -267,8 +274,10 @@ def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
     causal = torch.full((length, length), float("-inf"), device=input_ids.device).triu(1)
 
     h = _hooks(inner.embed_tokens, (input_ids,), inner.embed_tokens(input_ids))
-    for layer in inner.layers[: c.num_hidden_layers]:
+    layers = inner.layers[: c.num_hidden_layers]
+    for i, layer in enumerate(layers):
         attn, mlp = layer.self_attn, layer.mlp
+        last = selected is not None and i == len(layers) - 1
         x = _rms_norm(h, layer.input_layernorm)
         w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
         qkv = F.linear(x, w).view(batch, length, 3, heads, head_dim)
@@ -285,7 +294,11 @@ def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
             out = torch.bmm(probs * keep, v) * scale
         else:
             out = torch.bmm(probs, v)
-        out = out.view(batch, heads, length, head_dim).transpose(1, 2).reshape(batch, length, -1)
+        out = out.view(batch, heads, length, head_dim).transpose(1, 2)
+        if last:  # from here on each position is on its own: keep the selected ones
+            out, h = out[selected].flatten(1), h[selected]
+        else:
+            out = out.reshape(batch, length, -1)
         out = F.linear(out, attn.o_proj.weight)
         h = h + _hooks(attn, (x,), (out, None))[0]
         x = _rms_norm(h, layer.post_attention_layernorm)
@@ -298,10 +311,11 @@ def _llama_hidden(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tens
 def _llama_response_loss(
     model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    hidden = _llama_hidden(model, input_ids)
     targets = labels[:, 1:]
     selected = targets != IGNORE
-    x = _rms_norm(hidden[:, :-1][selected], model.model.norm)  # the norm is per position
+    positions = F.pad(selected, (0, 1))  # position t predicts token t + 1
+    hidden = _llama_hidden(model, input_ids, positions)  # [n_selected, hidden]
+    x = _rms_norm(hidden, model.model.norm)
     return F.cross_entropy(F.linear(x, model.lm_head.weight).float(), targets[selected])
 
 
