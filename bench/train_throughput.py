@@ -27,6 +27,10 @@ actually needed: MFU is comparable between the two trainers, not an absolute eff
 With `--repeats N` each trainer is measured N times, interleaved, and its best run is kept
 (a shared machine's other jobs only ever slow a run down).
 
+`--cpu-time` counts the process's CPU time (all threads) instead of wall time: with
+`--threads 1` a measure of the work per token that other jobs on a shared machine barely move
+(one thread, so no parallel speed-up; the matmul peak is then one thread's, in CPU time too).
+
 `--reference FILE` adds the `Trainer` of another version of components/model/training.py (e.g.
 a git worktree of an older commit), run on the same data in the same process. `--profile N`
 then profiles N steps of each siit Trainer row (torch.profiler, CPU time of all threads) and
@@ -70,6 +74,7 @@ from components.model.training import (  # noqa: E402
 
 MODELS = ("tiny", "smollm2")
 REFERENCE = None  # --reference: another version's training module
+CLOCK = time.perf_counter  # --cpu-time: time.process_time
 CODEBOOKS = (256, 256, 256)
 MAX_HISTORY = 20
 
@@ -83,7 +88,7 @@ class Row:
     tokens_per_s: float
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, repeats: int = 5) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, repeats: int = 10) -> float:
     """Best observed FLOP/s of a large square matmul (default: fp32 on CPU, bf16 on CUDA)."""
     size = 8192 if device.type == "cuda" else 2048
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -93,11 +98,11 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, repeats:
     for _ in range(repeats + 1):  # the first one warms up
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = CLOCK()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, CLOCK() - start)
     return 2 * size**3 / best
 
 
@@ -139,7 +144,9 @@ def ours(
     trainer = _make_trainer(rec, cfg, warmup + steps, precision)
     batches = _batches(rec, examples, cfg)
     trainer.train_epoch(next(batches) for _ in range(warmup))
-    return trainer.train_epoch(next(batches) for _ in range(steps))["tokens_per_s"]
+    start = CLOCK()
+    stats = trainer.train_epoch(next(batches) for _ in range(steps))
+    return stats["tokens_per_s"] * stats["seconds"] / (CLOCK() - start)
 
 
 KINDS = (  # (kind, operator-name fragments), first match wins
@@ -194,8 +201,8 @@ class _Clock(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         if state.global_step == self.warmup:
-            self.start, self.start_tokens = time.perf_counter(), self.tokens
-        self.end = time.perf_counter()
+            self.start, self.start_tokens = CLOCK(), self.tokens
+        self.end = CLOCK()
 
     @property
     def tokens_per_s(self) -> float:
@@ -336,9 +343,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="profile N steps of each siit Trainer row"
     )
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="CPU time instead of wall time (shared machines)"
+    )
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     if args.reference:
         global REFERENCE
         spec = importlib.util.spec_from_file_location("reference_training", args.reference)
