@@ -123,8 +123,36 @@ def _running_runs(project: Path) -> list[str]:
     db = project / "mlflow.db"
     if not db.exists():
         return []
-    with sqlite3.connect(db) as con:
-        return [row[0] for row in con.execute("SELECT name FROM runs WHERE status = 'RUNNING'")]
+    try:
+        with sqlite3.connect(db) as con:
+            rows = con.execute("SELECT name FROM runs WHERE status = 'RUNNING'").fetchall()
+    except sqlite3.Error:  # the schema is not there (yet)
+        return []
+    return [row[0] for row in rows]
+
+
+def _kill_when(project: Path, env: dict[str, str], stage: str, condition: object) -> bool:
+    """Start the stage and SIGKILL it as soon as `condition()` holds; False if it never did."""
+    proc = subprocess.Popen(
+        [SIIT, stage],
+        cwd=project,
+        env=_env(project, env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if condition():
+                os.killpg(proc.pid, signal.SIGKILL)
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +233,18 @@ def test_a_killed_stage_reruns_to_the_same_outputs_and_leaves_no_partial_file(
 )
 def test_a_killed_stage_leaves_no_mlflow_run_running(campaign: dict[str, list[str]]) -> None:
     assert not campaign["tracking"], "\n".join(campaign["tracking"])
+
+
+@pytest.mark.xfail(
+    reason="components/tracking.py: nothing ends the MLflow run of a killed process",
+    strict=True,
+)
+def test_the_mlflow_run_of_a_killed_stage_does_not_stay_running(
+    prepared: Path, prefect_env: dict[str, str], tmp_path: Path
+) -> None:
+    project = _copy(prepared, tmp_path / "project")
+    _run(project, prefect_env, "tokenize")  # mlflow.db exists: the kill lands in a run
+    assert _kill_when(project, prefect_env, "tokenize", lambda: len(_running_runs(project)) > 0)
+    rerun = _run(project, prefect_env, "tokenize", check=False)
+    assert not isinstance(rerun, str), rerun
+    assert _running_runs(project) == []
