@@ -283,12 +283,14 @@ def read_table(path: Path, fmt: str, shown: str) -> pl.DataFrame:
         if kind == "parquet":
             df = pl.read_parquet(path)
         else:
-            text = decode_utf8(read_bytes(path, shown), shown)
+            data = read_bytes(path, shown)
+            decode_utf8(data, shown)  # raises on other encodings; the text itself is not kept
+            data = data.removeprefix(BOM)
             if kind == "jsonl":
                 try:
-                    df = pl.read_ndjson(io.BytesIO(text.encode()), infer_schema_length=None)
+                    df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
                 except pl.exceptions.PolarsError:
-                    diagnosis = _diagnose_jsonl(text, shown)
+                    diagnosis = _diagnose_jsonl(data.decode(), shown)
                     if diagnosis:
                         raise DataError(diagnosis) from None
                     raise
@@ -296,13 +298,13 @@ def read_table(path: Path, fmt: str, shown: str) -> pl.DataFrame:
                 separator, quoting = ("\t", False) if kind == "tsv" else (",", True)
                 try:
                     df = pl.read_csv(
-                        io.BytesIO(text.encode()),
+                        data,
                         separator=separator,
                         quote_char='"' if quoting else None,
                         infer_schema=False,
                     )
                 except pl.exceptions.PolarsError:
-                    diagnosis = _diagnose_csv(text, separator, quoting, shown)
+                    diagnosis = _diagnose_csv(data.decode(), separator, quoting, shown)
                     if diagnosis:
                         raise DataError(diagnosis) from None
                     raise
