@@ -97,6 +97,11 @@ def _dispatch(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.command in PASSTHROUGH:
         from flows.server import run_with_server
 
+        if args.command == "repro":  # (`exp run -S` changes the file first: its stages check)
+            from components.config import load_params
+
+            load_params(args.params)  # before the server starts and dvc runs anything
+
         dvc = str(Path(sys.executable).parent / "dvc")
         return run_with_server([dvc, args.command, *passthrough], Path(os.environ["PREFECT_HOME"]))
     if args.command == "base_model":

@@ -66,3 +66,12 @@ def test_bad_data_through_the_console_script(tmp_path: Path, prefect_env: dict[s
     assert not (tmp_path / "data" / "raw").exists()
     log = (tmp_path / "logs" / "siit.log").read_text()
     assert "siit prepare failed" in log and "Traceback (most recent call last)" in log
+
+
+def test_siit_repro_checks_the_parameters_before_starting_anything(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"siit": {"rounds": -1}}))
+    result = _siit(tmp_path, {"PREFECT_HOME": str(tmp_path / ".prefect")}, "repro")
+    assert result.returncode == 1
+    message = _one_error(result.stderr, "repro")
+    assert "siit.rounds: -1 is not allowed" in message and "allowed: an integer >= 0" in message
+    assert not (tmp_path / ".prefect").exists()  # no Prefect server was started
