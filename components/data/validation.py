@@ -49,7 +49,10 @@ class DataValidationError(DataError):
         self.failures = failures
         self.report = report
         lines = "\n".join(f"  {line}" for line in failures)
-        super().__init__(f"data validation failed ({len(failures)} expectations):\n{lines}")
+        super().__init__(
+            f"data validation failed ({len(failures)} expectations; rows are 0-based data "
+            f"rows, the header not counted):\n{lines}"
+        )
 
 
 @dataclass(frozen=True)
