@@ -40,7 +40,9 @@ format: install ## ruff fix + format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-ui: install ## MLflow UI on 127.0.0.1:5000
+ui: install ## MLflow UI on 127.0.0.1:5000 (prints the link to the runs table)
+	@$(BIN)/python -c "from components import tracking; from components.config import load_params; \
+	  print('runs table:', tracking.ui_link(load_params().tracking))" 2>/dev/null || true
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## remove pipeline outputs (data, artifacts, reports, mlflow.db), keep .venv

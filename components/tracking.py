@@ -7,8 +7,9 @@ Every top-level run is comparable with any other: it carries the git commit (and
 tracked code differed from it), the pipeline execution it belongs to (tag
 `siit.pipeline_run`, shared by the stage runs of one `dvc repro`), and the DVC hashes of the
 data and token maps it read, also as MLflow dataset inputs (the runs table's Dataset
-column). The experiment is marked as model training (`mlflow.experimentKind`) so that the
-MLflow 3 UI opens it on its runs table rather than on the GenAI traces overview.
+column). The experiment is marked as model training (`mlflow.experimentKind`); MLflow
+3.17's UI decides by its own GenAI / Model training switch, which `ui_link` sets, so the
+link opens the runs table rather than the GenAI traces overview.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ def set_experiment(cfg: TrackingConfig):
             experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
         )
     return experiment
+
+
+def ui_link(cfg: TrackingConfig, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table in the MLflow UI (`mlflow ui` at `base`).
+
+    MLflow 3.17 opens an experiment on the page of its sidebar switch (GenAI / Model
+    training, kept in the browser), not on the experiment's `mlflow.experimentKind` tag
+    that earlier 3.x releases read; `workflowType=machine_learning` in the link selects
+    Model training, whose landing page is the runs table.
+    """
+    experiment = _mlflow(cfg).get_experiment_by_name(cfg.experiment)
+    where = f"/{experiment.experiment_id}" if experiment is not None else ""
+    return f"{base.rstrip('/')}/#/experiments{where}?workflowType=machine_learning"
 
 
 @contextmanager
@@ -241,7 +255,8 @@ def _log_lineage_or_raise(inputs: Mapping[str, Path], context: str) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    present = {name: path for name, path in inputs.items() if path.exists()}
+    order = sorted(inputs, key=lambda n: (not n.startswith("data/"), "token_map" not in n, n))
+    present = {name: inputs[name] for name in order if inputs[name].exists()}  # data first
     if not present:
         return
     datasets, tags = [], {}

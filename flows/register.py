@@ -149,6 +149,7 @@ def register_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
         if _finite(decision.champion) is not None:
             tracking.log_metrics({"champion_valid_ndcg_at_10": decision.champion})
     atomic_write_json(Path(root) / RECORD, record)
+    logger.info("runs table (`make ui` first): %s", tracking.ui_link(params.tracking))
     return record
 
 
