@@ -290,7 +290,7 @@ def bench(
             del rec
     if profile:
         profiles = {
-            f"{label} {precision}": profile_steps(
+            f"{label} ({precision.removeprefix('reference ')})": profile_steps(
                 copy.deepcopy(fresh), examples, cfg, profile, precision
             )
             for label, run, precision in runs
