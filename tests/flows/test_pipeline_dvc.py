@@ -103,6 +103,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
         "train_static",
         "train_siit",
         "report",
+        "register",
     }
     assert (
         stages.index("prepare")
@@ -110,7 +111,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
         < stages.index("tokenize")
         < stages.index("train_static")
     )
-    assert stages[-1] == "report"
+    assert stages.index("report") < stages.index("register") == len(stages) - 1
 
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert set(metrics) == {"popularity", "static", "siit", "improvement"}
@@ -121,7 +122,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
             assert all(0.0 <= v <= 1.0 for v in metrics[model][split].values())
 
     recs = pl.read_parquet(root / "reports/recommendations_test.parquet")
-    assert recs.columns == ["model", "user_id", "rank", "item_id"]
+    assert recs.columns == ["model", "user_id", "rank", "item_id", "target_item_id"]
     assert set(recs["model"]) == {"popularity", "static", "siit"}
     assert recs["rank"].min() == 1 and recs["rank"].max() == 10
     items = set(pl.read_parquet(root / "data/processed/items.parquet")["item_id"])
@@ -142,7 +143,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
     params["train"]["lr"] = 0.002
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run([str(BIN / "dvc"), "repro"], root, env)
-    assert set(ran_stages(third.stdout)) == {"train_static", "train_siit", "report"}
+    assert set(ran_stages(third.stdout)) == {"train_static", "train_siit", "report", "register"}
 
     maps = sorted(p.name for p in (root / "artifacts/token_maps").iterdir())
     assert maps == ["round_000.parquet", "round_001.parquet"]
