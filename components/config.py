@@ -79,6 +79,11 @@ class TokenizeConfig(Strict):
     rqvae_lr: float = Field(1e-3, gt=0)
     rqvae_beta: float = Field(0.25, ge=0)
     rqvae_batch_size: int = Field(256, gt=0)
+    new_items: Literal["tokenizer", "model"] = Field(
+        "tokenizer",
+        description="champion start: identifiers of items absent from the champion's map, from "
+        "its fitted initial tokenizer (no refit) or from the champion's own beam search on text",
+    )
 
 
 class ModelConfig(Strict):
@@ -118,6 +123,35 @@ class TaskWeights(Strict):
     id2item: float = Field(0.0, ge=0)
 
 
+class WarmStartConfig(Strict):
+    """Budget and schedule of a champion start (`train.start: champion`)."""
+
+    epochs: int = Field(2, ge=1, description="epochs trained from the champion (all rounds)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (cosine schedule)")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    refine_after: list[int] = Field(
+        default_factory=list,
+        description="train_siit: epochs after which to refine, e.g. [1]; [] = no refinement",
+    )
+    min_overlap: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the champion's items that must still be in the catalogue, else "
+        "the champion is for other data and the run starts from scratch",
+    )
+
+    @model_validator(mode="after")
+    def _refine_inside_budget(self) -> WarmStartConfig:
+        after = self.refine_after
+        if any(b <= a for a, b in zip([0, *after], [*after, self.epochs], strict=True)):
+            raise ValueError(
+                f"train.warm.refine_after ({after}) must be increasing epochs in "
+                f"1..{self.epochs - 1} (train.warm.epochs = {self.epochs})"
+            )
+        return self
+
+
 class TrainConfig(Strict):
     epochs: int = Field(6, ge=1, description="total epoch budget (all rounds)")
     batch_size: int = Field(64, gt=0)
@@ -128,6 +162,17 @@ class TrainConfig(Strict):
     tasks: TaskWeights = TaskWeights()
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
+    start: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="champion: warm start from the registered champion (falls back to scratch "
+        "when there is none or it is incompatible)",
+    )
+    champion: str = Field(
+        "",
+        description="champion start: a model folder (model/, token_map.parquet, item_encoder/); "
+        "empty = the registry alias `champion` of tracking.registered_model",
+    )
+    warm: WarmStartConfig = WarmStartConfig()
 
 
 class SiitConfig(Strict):
@@ -230,6 +275,11 @@ class Params(Strict):
             bounds = [0, *self.siit.refine_after, self.train.epochs]
             return [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return [self.train.epochs // (self.siit.rounds + 1)] * (self.siit.rounds + 1)
+
+    def warm_round_epochs(self) -> list[int]:
+        """Epochs of each round of a champion start (`train.warm`)."""
+        bounds = [0, *self.train.warm.refine_after, self.train.warm.epochs]
+        return [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class ConfigError(ValueError):

@@ -31,6 +31,16 @@ class Paths:
         return self.root / "artifacts" / "tokenize" / "token_map.parquet"
 
     @property
+    def item_encoder(self) -> Path:
+        """The fitted initial tokenizer (encodes items that arrive later)."""
+        return self.root / "artifacts" / "tokenize" / "item_encoder"
+
+    @property
+    def champion(self) -> Path:
+        """Where a champion start downloads the registry's champion."""
+        return self.root / "artifacts" / "champion"
+
+    @property
     def siit_token_maps(self) -> Path:
         """round_000.parquet (the initial map) ... round_R.parquet of the SIIT run."""
         return self.token_maps

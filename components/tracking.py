@@ -379,6 +379,10 @@ def log_recommender(
         "token_map": str(bundle / TOKEN_MAP),
         "serving_config": str(bundle / SERVING_CONFIG),
     }
+    # what a later champion start needs: the fitted initial tokenizer and compatibility record
+    for key, file in (("item_encoder", "item_encoder"), ("warm_start", "warm_start.json")):
+        if (bundle / file).exists():
+            artifacts[key] = str(bundle / file)
     example = input_example if input_example is not None else pd.DataFrame({"history": [["1"]]})
     signature = _recommender_signature()
     import shutil
@@ -529,6 +533,23 @@ def champion_version(cfg: TrackingConfig) -> str | None:
         return str(client.get_model_version_by_alias(cfg.registered_model, CHAMPION).version)
     except MlflowException:
         return None
+
+
+def download_champion(cfg: TrackingConfig, dest: Path) -> tuple[Path, str] | None:
+    """The champion's model folder (model/, token_map.parquet, item_encoder/, warm_start.json)
+    downloaded into `dest` (replaced), and its version; None when no champion is registered."""
+    import shutil
+
+    version = champion_version(cfg)
+    if version is None:
+        return None
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    local = _mlflow(cfg).artifacts.download_artifacts(
+        artifact_uri=f"models:/{cfg.registered_model}/{version}", dst_path=str(dest)
+    )
+    return Path(local) / "artifacts", version
 
 
 def load_pyfunc(cfg: TrackingConfig, model_uri: str):

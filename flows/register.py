@@ -25,6 +25,7 @@ from components.data import Dataset
 from components.io import atomic_write_json
 from components.paths import Paths
 from components.serving import MODEL_DIR, SERVING_CONFIG, TOKEN_MAP, ServingConfig, ndcg_at_k
+from components.siit.warm_start import ITEM_ENCODER_DIR, RECORD_FILE
 from flows.common import IO, load_dataset_task
 
 MODELS = ("siit", "static")  # the SIIT model is registered; static is logged for comparison
@@ -41,11 +42,17 @@ def serving_config(params: Params) -> ServingConfig:
 
 
 def make_bundle(model_dir: Path, config: ServingConfig, dest: Path) -> Path:
-    """model/ + token_map.parquet (the training stage's output) + serving.json in `dest`."""
+    """model/ + token_map.parquet (the training stage's output) + serving.json in `dest`, and
+    item_encoder/ + warm_start.json when the training stage wrote them."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir / MODEL_DIR, dest / MODEL_DIR)
     shutil.copy2(model_dir / TOKEN_MAP, dest / TOKEN_MAP)
     config.write(dest / SERVING_CONFIG)
+    # for champion starts: the fitted initial tokenizer and the compatibility record
+    if (model_dir / ITEM_ENCODER_DIR).is_dir():
+        shutil.copytree(model_dir / ITEM_ENCODER_DIR, dest / ITEM_ENCODER_DIR)
+    if (model_dir / RECORD_FILE).is_file():
+        shutil.copy2(model_dir / RECORD_FILE, dest / RECORD_FILE)
     return dest
 
 

@@ -11,13 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from components import tracking
 from components.config import Params, load_params
 from components.data import Dataset
-from components.io import atomic_write_json
+from components.io import atomic_dir, atomic_write_json
 from components.paths import Paths
 from components.tokenizers import (
     EMBEDDING_METHODS,
+    ItemEncoder,
     TokenMap,
-    build_token_map,
     embed_texts,
+    fit_token_map,
     plot_code_usage,
     validate_token_map,
 )
@@ -32,8 +33,8 @@ def embed_task(dataset: Dataset, params: Params, paths: Paths) -> np.ndarray:
 @task(name="build-token-map", cache_policy=NO_CACHE)
 def build_token_map_task(
     dataset: Dataset, params: Params, embeddings: np.ndarray | None
-) -> TokenMap:
-    return build_token_map(
+) -> tuple[TokenMap, ItemEncoder | None]:
+    return fit_token_map(
         params.tokenize.method,
         params.tokenize,
         item_ids=dataset.item_ids(),
@@ -50,15 +51,22 @@ def validate_token_map_task(token_map: TokenMap, dataset: Dataset, path: Path) -
 
 @flow(name="tokenize")
 def tokenize_flow(params_file: str = "params.yaml", root: str = ".") -> str:
-    """Round-0 token map, validated by Great Expectations, with its statistics and plot."""
+    """Round-0 token map, validated by Great Expectations, with its statistics and plot, and
+    the fitted tokenizer that encodes later items (`artifacts/tokenize/item_encoder/`)."""
     params, paths = load_params(Path(root) / params_file), Paths(Path(root))
     dataset = load_dataset_task(paths)
     paths.embeddings_cache.mkdir(parents=True, exist_ok=True)  # a DVC output even when unused
     needs_embeddings = params.tokenize.method in EMBEDDING_METHODS
     embeddings = embed_task(dataset, params, paths) if needs_embeddings else None
-    token_map = build_token_map_task(dataset, params, embeddings)
+    token_map, encoder = build_token_map_task(dataset, params, embeddings)
     validate_token_map_task(token_map, dataset, paths.initial_token_map)
     token_map.save(paths.initial_token_map)
+    # the fitted tokenizer, for items that arrive later (champion starts); cid has none
+    if encoder is not None:
+        encoder.save(paths.item_encoder)
+    else:  # an empty folder: still a DVC output, and no stale encoder of another method
+        with atomic_dir(paths.item_encoder):
+            pass
     stats = token_map.metadata.get("stats", {})
     atomic_write_json(paths.reports / "tokenize.json", {"method": params.tokenize.method, **stats})
     plot_code_usage(token_map, paths.reports / "code_usage.png")

@@ -8,6 +8,7 @@ a checkpoint after every round lets a killed run resume where it stopped.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components import tracking
-from components.config import Params, load_params
+from components.config import Params, TrainConfig, load_params
 from components.data import Dataset
 from components.evaluation import recommendations_frame
 from components.io import atomic_dir, atomic_write_json, atomic_write_parquet
@@ -28,10 +29,68 @@ from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
 from components.siit.fingerprint import run_fingerprint
 from components.siit.refine import refine_identifiers, training_contexts
-from components.tokenizers import TokenMap, validate_token_map
+from components.siit.warm_start import (
+    ITEM_ENCODER_DIR,
+    RECORD_FILE,
+    WarmStart,
+    incompatibility,
+    load_warm_start,
+    warm_start_record,
+)
+from components.tokenizers import TokenMap, embed_texts, validate_token_map
+from components.tokenizers.item_encoder import CONFIG_FILE as ENCODER_CONFIG
 from flows.common import IO, load_dataset_task, scalars, set_threads
 
 Mode = Literal["static", "siit"]
+
+
+@task(name="resolve-start", cache_policy=NO_CACHE, **IO)
+def resolve_start_task(params: Params, paths: Paths, dataset: Dataset) -> dict:
+    """`train.start`: scratch, or the champion's folder when there is a compatible one (else
+    scratch, with the reason as `fallback`)."""
+    if params.train.start == "scratch":
+        return {"start": "scratch"}
+    if params.train.champion:
+        folder = Path(params.train.champion).expanduser()
+        folder = folder if folder.is_absolute() else paths.root / folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"train.champion: {folder} is not a model folder")
+        label = str(folder)
+    else:
+        found = tracking.download_champion(params.tracking, paths.champion)
+        if found is None:
+            name = params.tracking.registered_model
+            return {"start": "scratch", "fallback": f"no champion registered under {name}"}
+        folder, version = found
+        label = f"models:/{params.tracking.registered_model}/{version}"
+    reason = incompatibility(folder, params, dataset.item_ids())
+    if reason is not None:
+        return {"start": "scratch", "champion": label, "fallback": reason}
+    return {"start": "champion", "champion": label, "source": str(folder)}
+
+
+@task(name="warm-start", cache_policy=NO_CACHE)
+def warm_start_task(source: str, params: Params, paths: Paths, dataset: Dataset) -> WarmStart:
+    """The champion's model and identifiers; new items' identifiers (`tokenize.new_items`)."""
+    return load_warm_start(
+        Path(source),
+        params,
+        dataset.item_ids(),
+        dataset.item_texts(),
+        lambda texts, encoder: embed_texts(texts, encoder, paths.embeddings_cache),
+        device=pick_device(),
+    )
+
+
+def training_config(params: Params, start: dict) -> tuple[TrainConfig, list[int]]:
+    """The schedule of this start: `train` from scratch, `train.warm` from the champion."""
+    if start["start"] != "champion":
+        return params.train, params.round_epochs()
+    warm = params.train.warm
+    cfg = params.train.model_copy(
+        update={"epochs": warm.epochs, "lr": warm.lr, "warmup_ratio": warm.warmup_ratio}
+    )
+    return cfg, params.warm_round_epochs()
 
 
 @task(name="build-model", cache_policy=NO_CACHE)
@@ -41,8 +100,14 @@ def build_session_task(
     params: Params,
     ckpt: RunCheckpoint,
     resume: RunState | None,
+    warm: GenerativeRecommender | None = None,
+    train_cfg: TrainConfig | None = None,
 ) -> TrainingSession:
-    if resume is None:
+    """A fresh model, the champion's (`warm`), or the checkpoint's when resuming."""
+    train_cfg = train_cfg or params.train
+    if resume is None and warm is not None:
+        rec, codes = warm, token_map.codes
+    elif resume is None:
         rec = GenerativeRecommender.create(
             params.model,
             token_map.codebook_sizes,
@@ -58,9 +123,9 @@ def build_session_task(
         rec,
         dataset,
         codes,
-        params.train,
+        train_cfg,
         params.evaluate,
-        params.train.epochs,
+        train_cfg.epochs,
         residual_dropout=params.model.residual_dropout if rec.profile == "tiny" else 0.0,
     )
     if resume is not None:
@@ -121,35 +186,61 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     logger = get_run_logger()
     set_threads(params)
     dataset = load_dataset_task(paths)
-    initial = TokenMap.load(paths.initial_token_map)
-    validate_token_map(initial, dataset.item_ids(), str(paths.initial_token_map))
+    start = resolve_start_task(params, paths, dataset)
+    warm = None
+    if start["start"] == "champion":
+        warm = warm_start_task(start["source"], params, paths, dataset)
+        initial, map_path = warm.token_map, start["source"]
+        start["new_item_stats"] = warm.stats
+        encoder_dir = Path(start["source"]) / ITEM_ENCODER_DIR
+        logger.info(
+            "champion start from %s: %d new items (%s), collisions before resolution %.3f",
+            start["champion"],
+            warm.stats["new_count"],
+            warm.stats["new_items"],
+            warm.stats["new_collision_rate_before"],
+        )
+    else:
+        initial, map_path = TokenMap.load(paths.initial_token_map), paths.initial_token_map
+        encoder_dir = paths.item_encoder
+        if "fallback" in start:
+            logger.warning("train.start is champion; starting from scratch: %s", start["fallback"])
+    validate_token_map(initial, dataset.item_ids(), str(map_path))
+    train_cfg, round_epochs = training_config(params, start)
 
     relevant = params.model_dump(include={"data", "tokenize", "model", "train", "siit", "evaluate"})
-    fingerprint = run_fingerprint(mode, relevant, [paths.processed, paths.initial_token_map])
+    inputs = [paths.processed, paths.initial_token_map]
+    inputs += [Path(start["source"])] if "source" in start else []
+    fingerprint = run_fingerprint(mode, relevant, inputs)
     ckpt = RunCheckpoint(paths.checkpoints / mode)
     state = ckpt.load_state(fingerprint)
     if state is not None:
         logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
-    session = build_session_task(dataset, initial, params, ckpt, state)
+    session = build_session_task(
+        dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg
+    )
     maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
     state = state or RunState(fingerprint=fingerprint)
 
-    round_epochs = params.round_epochs()
     with tracking.start_run(
         params.tracking,
         mode,
-        tags={"stage": f"train_{mode}", "model": mode},
+        tags={"stage": f"train_{mode}", "model": mode, **start_tags(start)},
         run_id=state.mlflow_run_id,
     ) as run:
         state.mlflow_run_id = run.info.run_id
         if state.next_round == 0:
             tracking.log_params(relevant)
+            if warm is not None:
+                tracking.log_metrics(scalars(warm.stats), prefix="warm_start/")
         for r in range(state.next_round, len(round_epochs)):
             # explicit hand-back: Prefect may rebuild collection arguments of a task
             state, maps = round_task(
-                mode, r, round_epochs[r], session, params, state, ckpt, maps, initial
+                mode, r, round_epochs, session, params, state, ckpt, maps, initial
             )
-        report = _finish(mode, params, paths, dataset, initial, ckpt, state, maps)
+        report = _finish(
+            mode, params, paths, dataset, initial, ckpt, state, maps, start, encoder_dir
+        )
         tracking.log_metrics(report["test"], prefix="test/")
         tracking.log_metrics(report["valid"], prefix="best_valid/")
         for path in (paths.model_report(mode), paths.rounds_csv(mode)):
@@ -159,11 +250,38 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     return str(paths.model_dir(mode))
 
 
+def start_tags(start: dict) -> dict[str, str]:
+    """MLflow tags of a training run: how it started and, after a fallback, why."""
+    tags = {"train.start": start["start"]}
+    if "champion" in start:
+        tags["warm_start.champion"] = start["champion"]
+    if "fallback" in start:
+        tags["warm_start.fallback"] = start["fallback"][:4000]
+    return tags
+
+
+def _write_model_extras(
+    model_dir: Path, params: Params, paths: Paths, start: dict, encoder_dir: Path
+) -> None:
+    """What a later champion start needs beside the model (written into the model folder being
+    assembled): the fitted initial tokenizer (the champion's when this run started from one) and
+    the compatibility record."""
+    record = warm_start_record(params, tracking.dvc_md5(paths.processed), scalars_of(start))
+    if (encoder_dir / ENCODER_CONFIG).exists():
+        shutil.copytree(encoder_dir, model_dir / ITEM_ENCODER_DIR)
+    (model_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+
+def scalars_of(start: dict) -> dict:
+    """The start description without the local download folder."""
+    return {k: v for k, v in start.items() if k != "source"}
+
+
 @task(name="siit-round", cache_policy=NO_CACHE)
 def round_task(
     mode: Mode,
     r: int,
-    epochs: int,
+    round_epochs: list[int],
     session: TrainingSession,
     params: Params,
     state: RunState,
@@ -174,11 +292,11 @@ def round_task(
     """One round: train (validating every epoch, the best model and map kept), refine (SIIT) and
     measure the refinement's immediate effect, checkpoint; a nested MLflow run."""
     logger = get_run_logger()
-    last = r == len(params.round_epochs()) - 1
+    last = r == len(round_epochs) - 1
     with tracking.start_run(
         params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
     ):
-        row, best = _train_round(session, r, epochs, state, params, logger)
+        row, best = _train_round(session, r, round_epochs[r], state, params, logger)
         if mode == "siit" and not last and not state.converged:
             loss_old = seqrec_loss_task(session)
             new_codes, stats = refine_task(session, params, r)
@@ -287,7 +405,16 @@ def _map_bytes(token_map: TokenMap) -> bytes:
 
 
 def _finish(
-    mode, params, paths, dataset, initial, ckpt: RunCheckpoint, state: RunState, maps
+    mode,
+    params,
+    paths,
+    dataset,
+    initial,
+    ckpt: RunCheckpoint,
+    state: RunState,
+    maps,
+    start: dict,
+    encoder_dir: Path,
 ) -> dict:
     """Best round's model and map -> test once -> DVC outputs."""
     best_model, best_codes = ckpt.best()
@@ -302,6 +429,7 @@ def _finish(
         initial.with_codes(best_codes, round=state.best_round, selected=True).save(
             tmp / "token_map.parquet"
         )
+        _write_model_extras(tmp, params, paths, start, encoder_dir)
     if mode == "siit":
         with atomic_dir(paths.siit_token_maps) as tmp:
             for name, data in maps.items():
@@ -313,6 +441,7 @@ def _finish(
         "best_epoch": state.best_epoch,
         "rounds": state.history,
         "train_seconds": sum(h["seconds"] for h in state.history),
+        "start": scalars_of(start),
     }
     atomic_write_json(paths.model_report(mode), report)
     rows = pl.DataFrame(state.history)

@@ -12,10 +12,11 @@ from components.config import TokenizeConfig
 from components.tokenizers.cid import cid_codes
 from components.tokenizers.collisions import resolve_collisions
 from components.tokenizers.embeddings import embed_texts
+from components.tokenizers.item_encoder import ItemEncoder
 from components.tokenizers.plots import plot_code_usage
 from components.tokenizers.random_ids import random_codes
-from components.tokenizers.rqkmeans import rqkmeans_codes
-from components.tokenizers.rqvae import rqvae_codes
+from components.tokenizers.rqkmeans import fit_rqkmeans
+from components.tokenizers.rqvae import fit_rqvae
 from components.tokenizers.stats import token_map_stats
 from components.tokenizers.token_map import LEVEL_LETTERS, TokenMap, code_token
 from components.tokenizers.validation import TokenMapValidationError, validate_token_map
@@ -25,11 +26,13 @@ EMBEDDING_METHODS = ("rqvae", "rqkmeans")
 
 __all__ = [
     "EMBEDDING_METHODS",
+    "ItemEncoder",
     "LEVEL_LETTERS",
     "METHODS",
     "TokenMap",
     "TokenMapValidationError",
     "build_token_map",
+    "fit_token_map",
     "code_token",
     "embed_texts",
     "plot_code_usage",
@@ -53,6 +56,27 @@ def build_token_map(
     `embeddings` (from `embed_texts`) are required by rqvae/rqkmeans and ignored otherwise;
     `train_sequences` (item_idx arrays, training part only) are used by cid.
     """
+    return fit_token_map(
+        method,
+        cfg,
+        item_ids=item_ids,
+        texts=texts,
+        train_sequences=train_sequences,
+        embeddings=embeddings,
+    )[0]
+
+
+def fit_token_map(
+    method: str,
+    cfg: TokenizeConfig,
+    *,
+    item_ids: list[str],
+    texts: list[str],
+    train_sequences: list[np.ndarray],
+    embeddings: np.ndarray | None = None,
+) -> tuple[TokenMap, ItemEncoder | None]:
+    """`build_token_map` plus the fitted tokenizer that encodes items arriving later (None
+    for cid: a new item has no co-occurrences)."""
     n = len(item_ids)
     if len(texts) != n:
         raise ValueError(f"{len(texts)} texts for {n} items")
@@ -63,20 +87,23 @@ def build_token_map(
         raise ValueError(f"method {method!r} needs one embedding per item ({n}); got {got}")
 
     sizes = (cfg.codebook_size,) * cfg.levels
-    scores, extra = None, {}
+    scores, extra, encoder = None, {}, None
     if method == "rqvae":
-        codes, scores, extra = rqvae_codes(embeddings, cfg)
+        codes, scores, extra, model = fit_rqvae(embeddings, cfg)
+        encoder = ItemEncoder.from_rqvae(model, embeddings.shape[1], cfg)
     elif method == "rqkmeans":
-        codes, scores = rqkmeans_codes(embeddings, cfg.levels, cfg.codebook_size, cfg.seed)
+        codes, scores, centers = fit_rqkmeans(embeddings, cfg.levels, cfg.codebook_size, cfg.seed)
+        encoder = ItemEncoder.from_rqkmeans(centers, cfg)
     elif method == "cid":
         codes = cid_codes(train_sequences, n, cfg.levels, cfg.codebook_size, cfg.seed)
     elif method == "random":
         codes = random_codes(n, cfg.levels, cfg.codebook_size, cfg.seed)
+        encoder = ItemEncoder.random(cfg)
     else:
         raise ValueError(f"unknown tokenize method {method!r}; expected one of {METHODS}")
 
     codes, sizes, collisions = resolve_collisions(codes, sizes, scores)
-    return TokenMap(
+    token_map = TokenMap(
         item_ids=tuple(item_ids),
         codes=codes,
         codebook_sizes=sizes,
@@ -89,3 +116,4 @@ def build_token_map(
             **({"training": extra} if extra else {}),
         },
     )
+    return token_map, encoder

@@ -85,13 +85,23 @@ def rqkmeans_codes(
     embeddings: np.ndarray, levels: int, codebook_size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes [n, levels] and the last level's distances [n, codebook_size] (collision costs)."""
+    codes, distances, _ = fit_rqkmeans(embeddings, levels, codebook_size, seed)
+    return codes, distances
+
+
+def fit_rqkmeans(
+    embeddings: np.ndarray, levels: int, codebook_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """`rqkmeans_codes` plus each level's centroids (they encode new items)."""
     residual = np.asarray(embeddings, dtype=np.float32).copy()
     codes = np.zeros((len(residual), levels), dtype=np.int64)
     distances = np.zeros((len(residual), codebook_size), dtype=np.float32)
+    codebooks = []
     for level in range(levels):
         centers, labels = balanced_kmeans(residual, codebook_size, seed + level)
         codes[:, level] = labels
+        codebooks.append(centers)
         if level == levels - 1:
             distances = squared_distances(residual, centers, codebook_size)
         residual -= centers[labels]
-    return codes, distances
+    return codes, distances, codebooks

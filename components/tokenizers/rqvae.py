@@ -110,6 +110,14 @@ def rqvae_codes(embeddings: np.ndarray, cfg: TokenizeConfig) -> tuple[np.ndarray
 
     Deterministic under cfg.seed (CPU; the caller's torch thread count is kept).
     """
+    codes, distances, info, _ = fit_rqvae(embeddings, cfg)
+    return codes, distances, info
+
+
+def fit_rqvae(
+    embeddings: np.ndarray, cfg: TokenizeConfig
+) -> tuple[np.ndarray, np.ndarray, dict, RQVAE]:
+    """`rqvae_codes` plus the trained RQ-VAE (its encoder and codebooks encode new items)."""
     n = len(embeddings)
     epochs = min(cfg.rqvae_epochs, max(1, math.ceil(MAX_TRAINING_SAMPLES / n)))
     x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
@@ -155,4 +163,4 @@ def rqvae_codes(embeddings: np.ndarray, cfg: TokenizeConfig) -> tuple[np.ndarray
         "final_vq_loss": losses["vq"],
         "dead_codes_restarted": restarted,
     }
-    return np.concatenate(codes).astype(np.int64), np.concatenate(distances), info
+    return np.concatenate(codes).astype(np.int64), np.concatenate(distances), info, model
