@@ -10,10 +10,17 @@ data and token maps it read, also as MLflow dataset inputs (the runs table's Dat
 column). The experiment is marked as model training (`mlflow.experimentKind`); MLflow
 3.17's UI decides by its own GenAI / Model training switch, which `ui_link` sets, so the
 link opens the runs table rather than the GenAI traces overview.
+
+A killed stage cannot end its runs: every run carries the pid and host of the process that
+runs it (`siit.pid`, `siit.host`), and a stage that starts marks KILLED the RUNNING runs
+whose process is gone from this host. A new sqlite store gets its schema in a temporary
+file that takes the store's name only once complete, so a kill during MLflow's migrations
+leaves no half-created mlflow.db.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,11 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from components.config import TrackingConfig
+from components.io import process_alive
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 UI: runs table, not GenAI traces
 PIPELINE_TAG = "siit.pipeline_run"
 PIPELINE_ENV = "SIIT_PIPELINE_RUN"
+PID_TAG, HOST_TAG, STARTED_TAG = "siit.pid", "siit.host", "siit.process_start"
+KILLED_TAG = "siit.killed"
 CHAMPION = "champion"
 GATE_METRIC = "valid_ndcg_at_10"
 # pipeline outputs that change during a run: they do not make the code "dirty"
@@ -57,8 +67,112 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _mlflow(cfg: TrackingConfig):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    _create_sqlite_store(uri)
+    mlflow.set_tracking_uri(uri)
     return mlflow
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a local `sqlite:///` store (None for other stores and in-memory sqlite)."""
+    from urllib.parse import unquote
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = unquote(uri[len("sqlite:///") :].split("?", 1)[0])
+    return Path(name) if name and name != ":memory:" else None
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """A missing sqlite store is created whole: MLflow's schema and migrations run on a
+    temporary sibling, which is then hard-linked to the store's name (never replacing a store
+    another process created meanwhile). A kill during creation leaves only a dot-named
+    temporary, removed by the next creation (components.io)."""
+    path = _sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    import tempfile
+
+    from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine_with_retry
+
+    from components.io import remove_stale_siblings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(path)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{tmp}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        with contextlib.suppress(FileExistsError):  # another process's is complete too
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, Linux): tells a pid reused by
+    another process from the one that tagged a run."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs a run: this process and host (what finds the runs of a killed process)."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: os.uname().nodename}
+    started = _process_start(os.getpid())
+    if started:
+        tags[STARTED_TAG] = started
+    return tags
+
+
+def _owner_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process that tagged a run no longer runs (on this host; other hosts' runs
+    cannot be checked from here and are never touched)."""
+    if tags.get(HOST_TAG) != os.uname().nodename or not tags.get(PID_TAG, "").isdigit():
+        return False
+    pid = int(tags[PID_TAG])
+    if not process_alive(pid):
+        return True
+    started = tags.get(STARTED_TAG)
+    return started is not None and _process_start(pid) not in (None, started)
+
+
+def end_runs_of_killed_processes(cfg: TrackingConfig, keep: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs of this experiment whose process is gone from this host
+    (a stage killed by SIGKILL or the OOM killer cannot end them), with tag `siit.killed`
+    saying why; `keep` is a run about to be resumed. Returns the run ids ended."""
+    mlflow = _mlflow(cfg)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return []
+    client = mlflow.MlflowClient()
+    running = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    ended = []
+    for run in running:
+        tags = run.data.tags
+        if run.info.run_id == keep or not _owner_gone(tags):
+            continue
+        why = (
+            f"process {tags[PID_TAG]} on {tags[HOST_TAG]} ended without ending this run "
+            f"(killed); found by process {os.getpid()}"
+        )
+        client.set_tag(run.info.run_id, KILLED_TAG, why)
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    return ended
 
 
 def set_experiment(cfg: TrackingConfig):
@@ -103,13 +217,16 @@ def start_run(
     mlflow = _mlflow(cfg)
     if not nested:
         set_experiment(cfg)
+        end_runs_of_killed_processes(cfg, keep=run_id)
     stage = (tags or {}).get("stage")
     if run_id:
         kwargs: dict[str, Any] = {"run_id": run_id}
     else:
         extra = run_context_tags() if not nested else {}
-        kwargs = {"run_name": run_name, "tags": {**extra, **dict(tags or {})}}
+        kwargs = {"run_name": run_name, "tags": {**extra, **process_tags(), **dict(tags or {})}}
     with mlflow.start_run(nested=nested, **kwargs) as run:
+        if run_id:
+            mlflow.set_tags(process_tags())  # resumed: this process runs it now
         fresh = not nested and not run_id and stage
         if fresh:
             _log_lineage(stage_inputs(stage), "training" if "train" in stage else "input")
@@ -388,13 +505,17 @@ def log_recommender(
     import shutil
     import tempfile
 
-    kwargs = {"run_id": run_id} if run_id else {"run_name": "serving-model"}
+    kwargs: dict[str, Any] = {"run_id": run_id}
+    if not run_id:
+        kwargs = {"run_name": "serving-model", "tags": process_tags()}
     with (
         tempfile.TemporaryDirectory() as tmp,
         mlflow.start_run(**kwargs) as run,
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore")
+        if run_id:
+            mlflow.set_tags(process_tags())  # resumed: this process runs it now
         package = Path(tmp) / "components"  # the code the model needs, without caches
         shutil.copytree(
             Path(components.__file__).parent,

@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +15,7 @@ from components.io import (
     atomic_write_parquet,
     atomic_write_text,
     read_parquet_metadata,
+    remove_stale_siblings,
 )
 
 
@@ -80,3 +85,57 @@ def test_atomic_dir_error_leaves_old_tree(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_dir(tmp_path / "never") as tmp:
         raise RuntimeError("boom")
     assert not (tmp_path / "never").exists()
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from components.io import _temp_sibling, atomic_dir
+target = Path(sys.argv[1])
+if sys.argv[2] == "file":
+    with _temp_sibling(target) as tmp:
+        tmp.write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+with atomic_dir(target) as tmp:
+    (tmp / "half.txt").write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_writer(target: Path, kind: str) -> int:
+    """The pid of a writer SIGKILLed mid-write of `target` (it is dead and reaped)."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), kind], cwd=root)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    return proc.pid
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    target, tree = tmp_path / "m.json", tmp_path / "out"
+    atomic_write_json(target, {"ok": 1})
+    dead = _killed_writer(target, "file")
+    _killed_writer(tree, "dir")
+    assert [n for n in _leftovers(tmp_path) if n.startswith(f".m.json.{dead}.")]
+    assert [n for n in _leftovers(tmp_path) if n.startswith(".out.")]
+    live = tmp_path / f".m.json.{os.getpid()}.abc123.tmp"  # a writer still running
+    live.write_bytes(b"in progress")
+    other = tmp_path / f".m.json.x.{dead}.abc.tmp"  # another target's temporary
+    other.write_bytes(b"")
+
+    atomic_write_json(target, {"ok": 2})
+    with atomic_dir(tree) as tmp:
+        (tmp / "new.txt").write_text("new")
+
+    assert json.loads(target.read_text()) == {"ok": 2}
+    assert sorted(p.name for p in tree.iterdir()) == ["new.txt"]
+    assert _leftovers(tmp_path) == sorted([live.name, other.name])
+
+
+def test_a_tree_moved_aside_by_a_killed_writer_is_put_back(tmp_path: Path) -> None:
+    out, dead = tmp_path / "out", _killed_writer(tmp_path / "elsewhere" / "unused", "file")
+    aside = tmp_path / f".out.{dead}.k3y.old"
+    (aside / "out").mkdir(parents=True)  # killed between atomic_dir's two renames
+    (aside / "out" / "keep.txt").write_text("previous")
+    assert remove_stale_siblings(out) == [aside]
+    assert (out / "keep.txt").read_text() == "previous"
+    assert _leftovers(tmp_path) == []

@@ -235,10 +235,6 @@ def test_a_killed_stage_leaves_no_mlflow_run_running(campaign: dict[str, list[st
     assert not campaign["tracking"], "\n".join(campaign["tracking"])
 
 
-@pytest.mark.xfail(
-    reason="components/tracking.py: nothing ends the MLflow run of a killed process",
-    strict=True,
-)
 def test_the_mlflow_run_of_a_killed_stage_does_not_stay_running(
     prepared: Path, prefect_env: dict[str, str], tmp_path: Path
 ) -> None:
