@@ -162,6 +162,11 @@ class TrainConfig(Strict):
     tasks: TaskWeights = TaskWeights()
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (else fp32; "
+        "SIIT_TRAIN_PRECISION decides when set); fp32 or bf16: the same choice on every machine",
+    )
     start: Literal["scratch", "champion"] = Field(
         "scratch",
         description="champion: warm start from the registered champion (falls back to scratch "

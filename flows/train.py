@@ -225,7 +225,12 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     with tracking.start_run(
         params.tracking,
         mode,
-        tags={"stage": f"train_{mode}", "model": mode, **start_tags(start)},
+        tags={
+            "stage": f"train_{mode}",
+            "model": mode,
+            "train.precision_used": session.trainer.precision,  # what train.precision resolved to
+            **start_tags(start),
+        },
         run_id=state.mlflow_run_id,
     ) as run:
         state.mlflow_run_id = run.info.run_id

@@ -328,9 +328,11 @@ def cpu_bf16_native() -> bool:
 
 
 def training_precision(device: torch.device, precision: str | None = None) -> str:
-    """'bf16' or 'fp32' for training on `device`. `precision` (or SIIT_TRAIN_PRECISION):
-    'auto' (default: bf16 autocast on CUDA and on CPUs with native bf16), 'bf16' or 'fp32'."""
-    choice = precision or os.environ.get("SIIT_TRAIN_PRECISION", "auto")
+    """'bf16' or 'fp32' for training on `device`. `precision` (`train.precision`): 'bf16',
+    'fp32' or 'auto' (the default): SIIT_TRAIN_PRECISION when set, else bf16 autocast on CUDA
+    and on CPUs with native bf16."""
+    choice = precision if precision not in (None, "auto") else None
+    choice = choice or os.environ.get("SIIT_TRAIN_PRECISION") or "auto"
     if choice not in ("auto", "bf16", "fp32"):
         raise ValueError(f"training precision must be auto, bf16 or fp32, not {choice!r}")
     if choice != "auto":
@@ -404,8 +406,8 @@ class Trainer:
         self.model = model
         self.cfg = cfg
         device = next(model.parameters()).device
-        # `precision` (else train.precision where the config has it, else SIIT_TRAIN_PRECISION)
-        self.precision = training_precision(device, precision or getattr(cfg, "precision", None))
+        # `precision` (else train.precision; its 'auto' decides by SIIT_TRAIN_PRECISION or device)
+        self.precision = training_precision(device, precision or cfg.precision)
         self.data_parallel = distributed.setup(device)
         self._loss: torch.nn.Module = _ResponseLossModule(model)
         if self.data_parallel:

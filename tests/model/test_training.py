@@ -127,6 +127,74 @@ def test_training_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert training.training_precision(cpu) == "fp32"
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         training.training_precision(cpu, "fp16")
+    assert training.training_precision(cpu, "auto") == "fp32"  # auto: the environment decides
+    assert training.training_precision(cpu, "bf16") == "bf16"  # an explicit choice wins
+
+
+@pytest.mark.parametrize(
+    ("param", "native", "env", "expected"),
+    [
+        ("fp32", True, None, "fp32"),
+        ("bf16", False, "fp32", "bf16"),
+        ("auto", True, None, "bf16"),
+        ("auto", False, None, "fp32"),
+        ("auto", True, "fp32", "fp32"),
+    ],
+)
+def test_train_precision_param_reaches_the_trainer(
+    param: str,
+    native: bool,
+    env: str | None,
+    expected: str,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """params.yaml `train.precision` -> the flows' TrainingSession (scratch and champion
+    starts) -> its Trainer."""
+    import polars as pl
+    import yaml
+
+    from components.config import load_params
+    from components.data import Dataset
+    from components.model.recommender import GenerativeRecommender
+    from components.model.session import TrainingSession
+    from flows.train import training_config
+
+    monkeypatch.setattr(training, "cpu_bf16_native", lambda: native)
+    monkeypatch.delenv("SIIT_TRAIN_PRECISION", raising=False)
+    if env:
+        monkeypatch.setenv("SIIT_TRAIN_PRECISION", env)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"precision": param}}))
+    params = load_params(tmp_path / "params.yaml")
+    items = pl.DataFrame(
+        {
+            "item_idx": np.arange(4, dtype=np.int64),
+            "item_id": [f"i{i}" for i in range(4)],
+            "title": [f"t{i}" for i in range(4)],
+            "text": [f"item {i}" for i in range(4)],
+        }
+    )
+    sequences = [np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])]
+    dataset = Dataset(items=items, user_ids=["u0", "u1"], sequences=sequences, max_history=3)
+    model_cfg = params.model.model_copy(
+        update={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+    )
+    rec = GenerativeRecommender.create(model_cfg, (2, 2), ["item a", "item b"], seed=0)
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    for start in ("scratch", "champion"):
+        train_cfg, _ = training_config(params, {"start": start})
+        session = TrainingSession(rec, dataset, codes, train_cfg, params.evaluate, 1)
+        assert session.trainer.precision == expected, start
+
+
+def test_train_precision_param_is_checked(tmp_path) -> None:
+    import yaml
+
+    from components.config import ConfigError, load_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"precision": "fp16"}}))
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_params(tmp_path / "params.yaml")
 
 
 def _train_twice_the_same(precision: str, residual_dropout: float = 0.0) -> None:
