@@ -14,6 +14,7 @@ import polars as pl
 from components.config import EvaluateConfig
 from components.data import EvalSplit
 from components.metrics import ranking_metrics
+from components.progress import progress
 
 if TYPE_CHECKING:  # torch and the model are imported where used: the report stage needs neither
     import torch
@@ -45,7 +46,7 @@ def recommend_generative(
     all_prompts = [prompts.seqrec_prompt(h) for h in split.histories]
     order = np.argsort([len(p) for p in all_prompts], kind="stable")  # similar lengths together
     ranked = np.full((len(all_prompts), cfg.top_k), -1, dtype=np.int64)
-    for start in range(0, len(order), cfg.batch_size):
+    for start in progress(range(0, len(order), cfg.batch_size), desc="decode", unit="batch"):
         rows = order[start : start + cfg.batch_size]
         exclude = (
             seen_mask([split.seen[r] for r in rows], len(codes), rec.device)

@@ -67,3 +67,33 @@ def test_library_bars_are_quiet_in_logs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "visible?" not in proc.stderr
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_tokenizer_training_and_epochs_show_bars_only_when_asked(
+    switch: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The long loops (RQ-VAE epochs, training batches) draw a bar on a terminal
+    (SIIT_PROGRESS=1 stands for one here) and write nothing in a log (SIIT_PROGRESS=0)."""
+    import numpy as np
+
+    from components.config import TokenizeConfig, TrainConfig
+    from components.model.training import Trainer, length_bucketed_batches
+    from components.tokenizers.rqvae import fit_rqvae
+    from tests.model.test_distributed import BATCH, examples, tiny_llama
+
+    monkeypatch.setenv("SIIT_PROGRESS", switch)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    embeddings = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    cfg = TokenizeConfig(
+        levels=2, codebook_size=4, rqvae_epochs=2, rqvae_hidden=[8], rqvae_latent_dim=4
+    )
+    fit_rqvae(embeddings, cfg)
+    data = examples()
+    trainer = Trainer(tiny_llama(), TrainConfig(), -(-len(data) // BATCH), 1, precision="fp32")
+    trainer.train_epoch(length_bucketed_batches(data, BATCH, 0, np.random.default_rng(0)))
+    err = capsys.readouterr().err
+    if switch == "1":
+        assert "rq-vae" in err and "epoch 1" in err
+    else:
+        assert err == ""

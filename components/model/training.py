@@ -39,6 +39,7 @@ from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
 from components.model.prompts import IGNORE, Example, PromptBuilder
+from components.progress import progress
 
 
 def seqrec_examples(
@@ -433,6 +434,7 @@ class Trainer:
             # one kernel for all parameters instead of ~10 per parameter (CPU and CUDA)
             fused=device.type in ("cpu", "cuda") or None,
         )
+        self.steps_per_epoch = steps_per_epoch
         total = max(1, steps_per_epoch * total_epochs)
         warmup = max(1, int(cfg.warmup_ratio * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -445,7 +447,8 @@ class Trainer:
         self.model.train()
         loss_sum, label_tokens, tokens, steps = 0.0, 0, 0, 0
         start = time.perf_counter()
-        for batch in batches:
+        bar = progress(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}")
+        for batch in bar:
             batch, share = shard(batch) if self.data_parallel else (batch, 1.0)
             batch = Batch(
                 batch.input_ids.to(device),

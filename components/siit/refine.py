@@ -23,6 +23,7 @@ from components.config import SiitConfig
 from components.model.decoding import PrefixTrie, constrained_beam_search, sequence_log_probs
 from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
+from components.progress import progress
 from components.siit.assignment import assign_identifiers
 from components.tokenizers import token_map_stats
 from components.tokenizers.collisions import collision_mask
@@ -125,7 +126,7 @@ def propose_identifiers(
     # a random order, so no group of items systematically pays the penalty of earlier ones
     order = np.random.default_rng(seed).permutation(n)
     pad = rec.tokenizer.pad_token_id or 0
-    for start in range(0, n, cfg.batch_size):
+    for start in progress(range(0, n, cfg.batch_size), desc="refine", unit="batch"):
         rows = order[start : start + cfg.batch_size]
         prompts, groups, weights = _scoring_rows(rows, builder, texts, contexts, cfg)
         groups_t = torch.tensor(groups)

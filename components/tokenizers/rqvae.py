@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from components.config import TokenizeConfig
+from components.progress import progress
 from components.tokenizers.rqkmeans import balanced_kmeans, squared_distances
 
 # Training is capped at this many item presentations (epochs x items): a 100k-item catalogue
@@ -131,7 +132,7 @@ def fit_rqvae(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.rqvae_lr)
     usage = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.long)
     restarted, losses = 0, {"recon": math.nan, "vq": math.nan}
-    for epoch in range(1, epochs + 1):
+    for epoch in progress(range(1, epochs + 1), desc="rq-vae", unit="epoch"):
         totals, batches = {"recon": 0.0, "vq": 0.0}, 0
         for batch in torch.randperm(n, generator=generator).split(cfg.rqvae_batch_size):
             loss, codes, parts = model(x[batch], cfg.rqvae_beta)
