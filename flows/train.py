@@ -3,6 +3,10 @@
 Both train the same epoch budget from the same seed and map; they differ only in the
 refinement after each round. Each round is a set of Prefect tasks and a nested MLflow run;
 a checkpoint after every round lets a killed run resume where it stopped.
+
+Under `torchrun` every rank trains the same steps (DDP); rank 0 alone validates, refines,
+checkpoints, logs to MLflow and writes the outputs, and hands its map to the others after
+every round.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from components.config import Params, TrainConfig, load_params
 from components.data import Dataset
 from components.evaluation import recommendations_frame
 from components.io import atomic_dir, atomic_write_json, atomic_write_parquet
+from components.model import distributed
 from components.model.recommender import GenerativeRecommender, pick_device
-from components.model.session import TrainingSession
+from components.model.session import TrainingSession, evaluate_model
 from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
 from components.siit.fingerprint import run_fingerprint
@@ -185,8 +190,12 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     params, paths = load_params(Path(root) / params_file), Paths(Path(root))
     logger = get_run_logger()
     set_threads(params)
+    distributed.setup(pick_device())  # torchrun: join the process group before any decision
+    main = distributed.is_main()
     dataset = load_dataset_task(paths)
-    start = resolve_start_task(params, paths, dataset)
+    start = distributed.broadcast_object(
+        resolve_start_task(params, paths, dataset) if main else None
+    )
     warm = None
     if start["start"] == "champion":
         warm = warm_start_task(start["source"], params, paths, dataset)
@@ -221,6 +230,11 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     )
     maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
     state = state or RunState(fingerprint=fingerprint)
+    if not main:
+        _follow_rounds(session, state, round_epochs)
+        return str(paths.model_dir(mode))
+    if distributed.world_size() > 1:
+        logger.info("data-parallel over %d processes; rank 0 logs", distributed.world_size())
 
     with tracking.start_run(
         params.tracking,
@@ -243,6 +257,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
             state, maps = round_task(
                 mode, r, round_epochs, session, params, state, ckpt, maps, initial
             )
+            distributed.broadcast_object(session.codes)  # the other ranks' map (torchrun)
         report = _finish(
             mode, params, paths, dataset, initial, ckpt, state, maps, start, encoder_dir
         )
@@ -253,6 +268,15 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         tracking.log_artifact(paths.model_dir(mode), "model")
     ckpt.clear()
     return str(paths.model_dir(mode))
+
+
+def _follow_rounds(session: TrainingSession, state: RunState, round_epochs: list[int]) -> None:
+    """A rank other than 0 under torchrun: the same training steps as rank 0 (DDP keeps the
+    weights equal), then rank 0's map after every round."""
+    for r in range(state.next_round, len(round_epochs)):
+        for _ in range(round_epochs[r]):
+            train_epoch_task(session)
+        session.set_codes(distributed.broadcast_object(None))
 
 
 def start_tags(start: dict) -> dict[str, str]:
@@ -424,11 +448,8 @@ def _finish(
     """Best round's model and map -> test once -> DVC outputs."""
     best_model, best_codes = ckpt.best()
     rec = GenerativeRecommender.load(best_model)
-    session = TrainingSession(
-        rec, dataset, best_codes, params.train, params.evaluate, params.train.epochs
-    )
-    valid, _ = session.evaluate("valid")
-    test, ranked = session.evaluate("test")
+    valid, _ = evaluate_model(rec, dataset, best_codes, params.evaluate, "valid")
+    test, ranked = evaluate_model(rec, dataset, best_codes, params.evaluate, "test")
     with atomic_dir(paths.model_dir(mode)) as tmp:
         shutil.copytree(best_model, tmp / "model")
         initial.with_codes(best_codes, round=state.best_round, selected=True).save(

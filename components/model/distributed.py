@@ -10,9 +10,12 @@ Without those variables (or with WORLD_SIZE=1) everything here is a no-op.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def setup(device: torch.device) -> bool:
@@ -25,6 +28,8 @@ def setup(device: torch.device) -> bool:
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return False
+        if device.type == "cuda":  # one GPU per rank, also for collectives before the model's
+            torch.cuda.set_device(local_device())
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_world_size() > 1
 
@@ -66,3 +71,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     buf = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(buf)
     return buf.tolist()
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's `obj` on every rank (what rank 0 alone decided, e.g. a refined map)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

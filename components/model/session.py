@@ -75,14 +75,8 @@ class TrainingSession:
         )
         return {"epoch": epoch, **stats}
 
-    def recommend(self, split: str) -> np.ndarray:
-        return recommend_generative(
-            self.rec, self.codes, self.dataset.eval_split(split), self.eval_cfg
-        )
-
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
-        ranked = self.recommend(split)
-        return evaluate_ranking(ranked, self.dataset.eval_split(split)), ranked
+        return evaluate_model(self.rec, self.dataset, self.codes, self.eval_cfg, split)
 
     @torch.no_grad()
     def seqrec_loss(self, batch_size: int = 256) -> float:
@@ -104,3 +98,17 @@ class TrainingSession:
             count += batch.n_label_tokens
         self.rec.model.train(was_training)
         return total / max(1, count)
+
+
+def evaluate_model(
+    rec: GenerativeRecommender,
+    dataset: Dataset,
+    codes: np.ndarray,
+    eval_cfg: EvaluateConfig,
+    split: str,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics and ranked items of `rec` with the map `codes` on `split` (no Trainer: under
+    torchrun one rank alone can run it)."""
+    data = dataset.eval_split(split)
+    ranked = recommend_generative(rec, codes, data, eval_cfg)
+    return evaluate_ranking(ranked, data), ranked
