@@ -7,13 +7,19 @@ Each run of the `retrain` flow:
    which run holds it, having changed nothing. Within one deployment Prefect's own
    concurrency limit (1, enqueue) already makes a second triggered run wait for the first;
    the lock also covers a manual `dvc repro` or a second `siit deploy` on the same tree;
-2. applies the deployment's `-S` overrides to params.yaml (as `dvc exp run -S` does);
+2. applies the deployment's `-S` overrides to params.yaml (as `dvc exp run -S` does), and
+   `train.start`: with `--start auto` (the default) `champion` once the registry has a
+   champion, else `scratch`; an explicit `-S train.start=...` wins. A champion that does not
+   fit (other model or identifier parameters, an older layout, another catalogue) makes the
+   training stages start from scratch, with the reason in their MLflow tags
+   (`train.start`, `warm_start.fallback`) and in this flow's result;
 3. when the user's source files (`data.source: files | amazon`) differ from their snapshot in
    data/raw (new interactions appended, say), re-runs `prepare` (`dvc repro -f prepare`):
    DVC cannot track files whose paths live in params.yaml;
 4. runs `dvc repro`, so dvc.lock records the lineage and unchanged stages are skipped; every
    stage's MLflow run carries the flow run's id as `siit.pipeline_run`;
-5. returns (and logs) the stages that ran and, when `register` ran, the registry decision.
+5. returns (and logs) the stages that ran, how training started and, when `register` ran,
+   the registry decision.
 """
 
 from __future__ import annotations
@@ -68,6 +74,34 @@ def apply_overrides(params_file: Path, overrides: list[str]) -> None:
     load_params(params_file)  # fail now on a typo, before any stage runs
 
 
+START_CHOICES = ("auto", "champion", "scratch")
+
+
+def start_override(root: Path, overrides: list[str], start: str = "auto") -> list[str]:
+    """The overrides of one run with its `train.start`: an explicit `-S train.start=...`
+    wins; `auto` means `champion` when the registry has one, else `scratch`."""
+    import contextlib
+
+    from components import tracking
+    from components.config import load_params
+
+    if start not in START_CHOICES:
+        raise ValueError(f"start must be one of {', '.join(START_CHOICES)}, not {start!r}")
+    if any(o.split("=", 1)[0].strip() == "train.start" for o in overrides):
+        return list(overrides)
+    if start == "auto":
+        with contextlib.chdir(root):  # a relative sqlite:/// URI is the project's
+            cfg = load_params(root / "params.yaml").tracking
+            start = "champion" if tracking.champion_version(cfg) is not None else "scratch"
+    return [*overrides, f"train.start={start}"]
+
+
+def training_start(root: Path) -> dict | None:
+    """How the last SIIT training started (its report), with the fallback reason if any."""
+    report = root / "reports/models/siit.json"
+    return json.loads(report.read_text()).get("start") if report.exists() else None
+
+
 def changed_sources(root: Path) -> list[str]:
     """The user's input files that differ from (or are missing in) the data/raw snapshot."""
     from components.config import load_params
@@ -100,8 +134,11 @@ def repro(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPr
 
 
 @flow(name=FLOW_NAME, persist_result=True, log_prints=True)
-def retrain_flow(root: str = ".", overrides: list[str] | None = None, wait_s: float = 0) -> dict:
-    """The pipeline under one lock: overrides -> `dvc repro` -> what ran and what was registered."""
+def retrain_flow(
+    root: str = ".", overrides: list[str] | None = None, wait_s: float = 0, start: str = "auto"
+) -> dict:
+    """The pipeline under one lock: overrides (and `train.start`) -> `dvc repro` -> what ran,
+    how training started and what was registered."""
     from filelock import Timeout
 
     logger = get_run_logger()
@@ -117,7 +154,9 @@ def retrain_flow(root: str = ".", overrides: list[str] | None = None, wait_s: fl
         ) from None
     try:
         (root_path / (LOCK + ".owner")).write_text(f"flow run {run_id}, pid {os.getpid()}\n")
-        apply_overrides(root_path / "params.yaml", list(overrides or []))
+        run_overrides = start_override(root_path, list(overrides or []), start)
+        apply_overrides(root_path / "params.yaml", run_overrides)
+        logger.info("training starts: %s", run_overrides[-1] if run_overrides else "as params.yaml")
         bin_dir = str(Path(sys.executable).parent)
         env = {
             **os.environ,
@@ -142,6 +181,9 @@ def retrain_flow(root: str = ".", overrides: list[str] | None = None, wait_s: fl
             json.loads(record.read_text()) if "register" in stages and record.exists() else None
         )
         logger.info("dvc repro ran %s", stages or "no stage (nothing changed)")
+        started = training_start(root_path) if "train_siit" in stages else None
+        if started and "fallback" in started:
+            logger.warning("training started from scratch: %s", started["fallback"])
         if registered:
             logger.info(
                 "registered %s version %s: %s",
@@ -149,7 +191,7 @@ def retrain_flow(root: str = ".", overrides: list[str] | None = None, wait_s: fl
                 registered["version"],
                 registered["reason"],
             )
-        return {"stages": stages, "registered": registered}
+        return {"stages": stages, "registered": registered, "start": started}
     finally:
         (root_path / (LOCK + ".owner")).unlink(missing_ok=True)
         lock.release()
@@ -161,6 +203,7 @@ def serve(
     name: str = DEFAULT_NAME,
     root: str = ".",
     wait_s: float = 0,
+    start: str = "auto",
 ) -> None:
     """Create/update the deployment and serve it until interrupted (the Prefect API's runner)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
@@ -170,7 +213,12 @@ def serve(
     retrain_flow.serve(
         name=name,
         cron=cron,
-        parameters={"root": str(Path(root).resolve()), "overrides": overrides, "wait_s": wait_s},
+        parameters={
+            "root": str(Path(root).resolve()),
+            "overrides": overrides,
+            "wait_s": wait_s,
+            "start": start,
+        },
         global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"),
         description="siit: `dvc repro` on a schedule (retrain, register, gate the champion)",
         tags=["siit"],

@@ -36,6 +36,13 @@ def add_subcommands(sub) -> None:
         metavar="SECONDS",
         help="how long a run waits for another pipeline run to finish before it gives up (0)",
     )
+    deploy.add_argument(
+        "--start",
+        choices=("auto", "champion", "scratch"),
+        default="auto",
+        help="how each run trains: auto (default) = from the registered champion once there is "
+        "one (scratch when it is incompatible), else from scratch",
+    )
     compare = sub.add_parser(
         "compare", help="two MLflow runs' params and metrics side by side (ids or run names)"
     )
@@ -50,7 +57,7 @@ def run_subcommand(args: argparse.Namespace) -> int:
     if args.command == "deploy":
         from flows.deploy import serve
 
-        serve(args.cron, list(args.overrides), name=args.name, wait_s=args.wait)
+        serve(args.cron, list(args.overrides), name=args.name, wait_s=args.wait, start=args.start)
         return 0
     return compare(args.params, args.run_a, args.run_b, show_all=args.all)
 
