@@ -125,6 +125,11 @@ def main() -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="keep scratch runs already finished with these params"
     )
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="no training: the table of the runs already finished under bench/.runs/incremental",
+    )
     args = parser.parse_args()
     if args.epochs % 2:
         parser.error("--epochs must be even (SIIT refines once, half-way)")
@@ -150,6 +155,20 @@ def main() -> int:
     points = [build_dataset(cut, data_cfg) for cut in time_cuts(raw, args.first, args.chunks)]
 
     results: dict[str, dict] = {}
+    if args.table_only:
+        for c, dataset in enumerate(points):
+            new_items = set(dataset.item_ids()) - set(points[c - 1].item_ids()) if c else set()
+            names = (
+                {"scratch": "scratch"}
+                if c == 0
+                else {"scratch": "scratch", **{f"champion/{v}": f"champion-{v}" for v in NEW_ITEMS}}
+            )
+            for key, folder in names.items():
+                work = RUNS / f"p{c}-{folder}"
+                if (work / "reports/models/siit.json").exists():
+                    results[f"{c}/{key}"] = result(work, new_items, top_k)
+        print(table(results, args))
+        return 0
     started = time.perf_counter()
     with local_prefect_server(RUNS / ".prefect") as url:
         env = {
@@ -259,7 +278,9 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
         parts = key.split("/")
         if len(parts) < 3:
             continue
-        ref = results[f"{parts[0]}/scratch"]
+        ref = results.get(f"{parts[0]}/scratch")
+        if ref is None:
+            continue
         gap = r["test"]["ndcg@10"] / max(ref["test"]["ndcg@10"], 1e-12) - 1
         share = r["train_seconds"] / max(ref["train_seconds"], 1e-9)
         lines.append(
