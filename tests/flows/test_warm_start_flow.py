@@ -42,7 +42,7 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
     stages = [prepare_flow, validate_flow, tokenize_flow, train_flow]
     first = tmp_path / "first"
     first.mkdir()
-    _stage(first, {}, monkeypatch, stages)
+    _stage(first, {"train": {"epochs": 1}, "siit": {"rounds": 0}}, monkeypatch, stages)
     champion = first / "artifacts/models/siit"
     assert (champion / "item_encoder/item_encoder.json").exists()
     assert json.loads((champion / "warm_start.json").read_text())["start"] == {"start": "scratch"}
