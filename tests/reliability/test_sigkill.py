@@ -226,11 +226,6 @@ def test_a_killed_stage_reruns_to_the_same_outputs_and_leaves_no_partial_file(
     assert not campaign["outputs"], "\n".join(campaign["outputs"])
 
 
-@pytest.mark.xfail(
-    reason="components/tracking.py: the MLflow runs of a killed process stay RUNNING, and a "
-    "kill while MLflow creates its sqlite schema leaves mlflow.db unusable (issue 13, point 3)",
-    strict=False,
-)
 def test_a_killed_stage_leaves_no_mlflow_run_running(campaign: dict[str, list[str]]) -> None:
     assert not campaign["tracking"], "\n".join(campaign["tracking"])
 
