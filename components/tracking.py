@@ -69,7 +69,16 @@ def _mlflow(cfg: TrackingConfig):
 
     uri = tracking_uri(cfg)
     _create_sqlite_store(uri)
+    # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where
+    # tracking_uri() would later read it as the user's choice and send every later config of
+    # this process (a served deployment, a test session) to the first store: keep the
+    # environment as the user left it (the URI lives in mlflow's own global)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return mlflow
 
 

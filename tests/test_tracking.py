@@ -93,3 +93,30 @@ def test_a_new_sqlite_store_appears_only_with_its_whole_schema(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".mlflow")) == []
     with tracking.start_run(cfg, "works"):
         tracking.log_metrics({"x": 1.0})
+
+
+def test_each_config_reaches_its_own_store_in_one_process(
+    tmp_path: Path, cfg: TrackingConfig
+) -> None:
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into the environment; the first
+    store used must not capture the later configs of the same process (a served deployment
+    runs many pipelines), while a store the user set in the environment still wins."""
+    other = TrackingConfig(uri=f"sqlite:///{tmp_path / 'other.db'}", experiment="t2")
+    tracking.set_experiment(cfg)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    tracking.set_experiment(other)
+    assert f"/{tracking.set_experiment(other).experiment_id}?" in tracking.ui_link(other)
+    names = {
+        uri: {e.name for e in tracking._mlflow(TrackingConfig(uri=uri)).search_experiments()}
+        for uri in (cfg.uri, other.uri)
+    }
+    assert "t" in names[cfg.uri] and "t2" not in names[cfg.uri]
+    assert "t2" in names[other.uri] and "t" not in names[other.uri]
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.uri  # the user's choice (monkeypatch restores it)
+    try:
+        assert tracking.tracking_uri(other) == cfg.uri
+        assert os.environ["MLFLOW_TRACKING_URI"] == cfg.uri
+        tracking._mlflow(other)
+        assert os.environ["MLFLOW_TRACKING_URI"] == cfg.uri
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
