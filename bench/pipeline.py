@@ -88,7 +88,7 @@ TARGETS = {
     "components.model.training:Trainer.save": "io",
     "components.model.training:Trainer.load": "io",
     "components.siit.checkpoint:RunCheckpoint.*": "io",
-    "components.siit.fingerprint:run_fingerprint": "io",
+    "components.siit.fingerprint:run_fingerprints": "io",
     "flows.report:_read_json": "io",
     "flows.train:_map_bytes": "io",
     "components.tokenizers.embeddings:embed_texts": "model",

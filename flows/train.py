@@ -32,7 +32,7 @@ from components.model.recommender import GenerativeRecommender, pick_device
 from components.model.session import TrainingSession, evaluate_model
 from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
-from components.siit.fingerprint import run_fingerprint
+from components.siit.fingerprint import combine, run_fingerprints
 from components.siit.refine import refine_identifiers, training_contexts
 from components.siit.warm_start import (
     ITEM_ENCODER_DIR,
@@ -220,16 +220,17 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     relevant = params.model_dump(include={"data", "tokenize", "model", "train", "siit", "evaluate"})
     inputs = [paths.processed, paths.initial_token_map]
     inputs += [Path(start["source"])] if "source" in start else []
-    fingerprint = run_fingerprint(mode, relevant, inputs)
+    parts = run_fingerprints(mode, relevant, inputs)
+    fingerprint = combine(parts)
     ckpt = RunCheckpoint(paths.checkpoints / mode)
-    state = ckpt.load_state(fingerprint)
+    state = ckpt.load_state(fingerprint, parts)
     if state is not None:
         logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
     session = build_session_task(
         dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg
     )
     maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
-    state = state or RunState(fingerprint=fingerprint)
+    state = state or RunState(fingerprint=fingerprint, parts=parts)
     if not main:
         _follow_rounds(session, state, round_epochs)
         return str(paths.model_dir(mode))

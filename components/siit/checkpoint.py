@@ -8,6 +8,7 @@ guards against resuming a run that was started with something else.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from components.io import atomic_dir, atomic_write_bytes
 from components.model.recommender import GenerativeRecommender
 
 STATE_FILE = "state.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class RunState:
     converged: bool = False
     mlflow_run_id: str | None = None
     history: list[dict] = field(default_factory=list)
+    parts: dict[str, str] = field(default_factory=dict)  # data / params / code fingerprints
 
 
 class RunCheckpoint:
@@ -39,13 +42,22 @@ class RunCheckpoint:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def load_state(self, fingerprint: str) -> RunState | None:
-        """The saved state when it belongs to this exact run, else None (start fresh)."""
+    def load_state(self, fingerprint: str, parts: dict[str, str] | None = None) -> RunState | None:
+        """The saved state when it belongs to this exact run (same data, parameters and code),
+        else None: the run starts over, and the log says which of them changed."""
         state_file = self.path / STATE_FILE
         if not state_file.exists():
             return None
         state = RunState(**json.loads(state_file.read_text()))
-        return state if state.fingerprint == fingerprint else None
+        if state.fingerprint == fingerprint:
+            return state
+        changed = sorted(k for k in (parts or {}) if state.parts.get(k) != parts[k])
+        logger.warning(
+            "not resuming from %s: it was written with other %s; starting over",
+            self.path,
+            " and ".join(changed) if changed else "inputs (data, parameters or code)",
+        )
+        return None
 
     def save(
         self,
