@@ -4,7 +4,8 @@ The trie is a list of dense tables, one per level: `children[l][node, code]` is 
 reached at level l+1 (or, at the last level, the item index), -1 where no identifier
 continues. Masking with it means the search can only ever emit existing identifiers, and
 a whole batch of users x beams advances with a few tensor ops per level, reusing the
-prompt's KV cache instead of re-encoding it.
+prompt's KV cache instead of re-encoding it. An encoder-decoder (t5) encodes each prompt
+once; its beams expand the decoder, over the decoder's cache.
 """
 
 from __future__ import annotations
@@ -100,6 +101,117 @@ def _output_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
+def is_encoder_decoder(model: torch.nn.Module) -> bool:
+    """Whether `model` is an encoder-decoder (t5), not a causal LM."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+class _CausalSteps:
+    """A causal LM's side of the search: the prompts (left-padded) in one forward, then one
+    token per beam per step over the KV cache."""
+
+    def __init__(self, model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> None:
+        device = next(model.parameters()).device
+        self.model, self.cache_kw = model, _cache_kwarg(model)
+        batch = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        width_t = int(lengths.max())
+        input_ids = torch.full((batch, width_t), pad_id, dtype=torch.long, device=device)
+        attention = torch.zeros((batch, width_t), dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):  # left padding keeps every last token at -1
+            input_ids[row, width_t - len(prompt) :] = torch.tensor(prompt, device=device)
+            attention[row, width_t - len(prompt) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        # Equal-length prompts need no mask, which keeps SDPA on its fast causal path.
+        self.padded = bool((lengths != width_t).any())
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention if self.padded else None,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        self.cache = _output_cache(out)
+        self.attention, self.next_pos = attention, lengths.clone()
+
+    def repeat(self, width: int) -> None:
+        """One beam per prompt so far: repeat each row `width` times."""
+        self.cache.batch_repeat_interleave(width)
+        self.attention = self.attention.repeat_interleave(width, dim=0)
+        self.next_pos = self.next_pos.repeat_interleave(width)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows)
+        self.attention, self.next_pos = self.attention[rows], self.next_pos[rows]
+
+    def advance(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (long [rows, 1]); the next log-probabilities [rows, vocab]."""
+        attention = self.attention
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+        self.attention = attention
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=attention if self.padded else None,
+            position_ids=self.next_pos[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: self.cache},
+        )
+        self.cache = _output_cache(out)
+        self.next_pos = self.next_pos + 1
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def _encode(
+    model: torch.nn.Module, prompts: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An encoder-decoder's encoder states of right-padded prompts and their mask."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(prompt, device=device)
+        mask[row, : len(prompt)] = 1
+    return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+
+class _Seq2SeqSteps:
+    """An encoder-decoder's side of the search: every prompt encoded once; the decoder starts
+    from its start token and takes one token per beam per step over its cache (self-attention
+    keys and values grow, the cross-attention ones are computed once)."""
+
+    def __init__(self, model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> None:
+        self.model, self.cache_kw = model, _cache_kwarg(model)
+        self.encoded, self.mask = _encode(model, prompts, pad_id)
+        start = model.config.decoder_start_token_id
+        tokens = torch.full((len(prompts), 1), start, dtype=torch.long, device=self.mask.device)
+        self.cache = None
+        self.logp = self.advance(tokens)
+
+    def repeat(self, width: int) -> None:
+        self.cache.batch_repeat_interleave(width)
+        self.encoded = self.encoded.repeat_interleave(width, dim=0)
+        self.mask = self.mask.repeat_interleave(width, dim=0)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows)
+        self.encoded, self.mask = self.encoded[rows], self.mask[rows]
+
+    def advance(self, tokens: torch.Tensor) -> torch.Tensor:
+        cache = {self.cache_kw: self.cache} if self.cache is not None else {}
+        out = self.model(
+            encoder_outputs=(self.encoded,),
+            attention_mask=self.mask,
+            decoder_input_ids=tokens,
+            use_cache=True,
+            **cache,
+        )
+        self.cache = _output_cache(out)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
 @torch.no_grad()
 def constrained_beam_search(
     model: torch.nn.Module,
@@ -131,28 +243,9 @@ def constrained_beam_search(
     given (e.g. refinement that keeps an item's semantic prefix and moves it among siblings).
     """
     device = next(model.parameters()).device
-    cache_kw = _cache_kwarg(model)
     batch, levels = len(prompts), trie.levels
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    width_t = int(lengths.max())
-    input_ids = torch.full((batch, width_t), pad_id, dtype=torch.long, device=device)
-    attention = torch.zeros((batch, width_t), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):  # left padding keeps every last token at -1
-        input_ids[row, width_t - len(prompt) :] = torch.tensor(prompt, device=device)
-        attention[row, width_t - len(prompt) :] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    # Equal-length prompts need no mask, which keeps SDPA on its fast causal path.
-    padded = bool((lengths != width_t).any())
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention if padded else None,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    cache = _output_cache(out)
-    next_pos = lengths.clone()
+    steps = (_Seq2SeqSteps if is_encoder_decoder(model) else _CausalSteps)(model, prompts, pad_id)
+    logp = steps.logp
 
     grouped = groups is not None
     if grouped:
@@ -204,26 +297,10 @@ def constrained_beam_search(
         if lvl == levels - 1:
             break
         if lvl == 0:  # one beam per prompt so far: repeat the prompt cache once per beam
-            cache.batch_repeat_interleave(width)
-            attention = attention.repeat_interleave(width, dim=0)
-            next_pos = next_pos.repeat_interleave(width)
+            steps.repeat(width)
         else:  # every prompt follows the beams of its group
-            flat = (prompt_rows[:, None] * n_beams + origin[groups]).view(-1)
-            cache.reorder_cache(flat)
-            attention, next_pos = attention[flat], next_pos[flat]
-        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
-        tokens = token_ids[lvl][code[groups]].view(-1, 1)
-        out = model(
-            input_ids=tokens,
-            attention_mask=attention if padded else None,
-            position_ids=next_pos[:, None],
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_kw: cache},
-        )
-        cache = _output_cache(out)
-        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        next_pos = next_pos + 1
+            steps.reorder((prompt_rows[:, None] * n_beams + origin[groups]).view(-1))
+        logp = steps.advance(token_ids[lvl][code[groups]].view(-1, 1))
     leaves = nodes.masked_fill(~torch.isfinite(scores), -1)
     return BeamResult(codes=codes, scores=scores, leaves=leaves)
 
@@ -235,6 +312,17 @@ def sequence_log_probs(
     """Summed log-probability of each continuation (long [batch, L]) after its prompt."""
     device = next(model.parameters()).device
     batch, levels = continuations.shape
+    if is_encoder_decoder(model):
+        encoded, mask = _encode(model, prompts, pad_id)
+        targets = continuations.to(device)
+        start = torch.full((batch, 1), model.config.decoder_start_token_id, device=device)
+        logits = model(
+            encoder_outputs=(encoded,),
+            attention_mask=mask,
+            decoder_input_ids=torch.cat([start.long(), targets[:, :-1]], 1),
+        ).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp.gather(2, targets[..., None])[..., 0].sum(dim=1)
     seqs = [p + c for p, c in zip(prompts, continuations.tolist(), strict=True)]
     width = max(len(s) for s in seqs)
     ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)

@@ -1,15 +1,18 @@
-"""The constrained decoder: never emits a non-item, and is exact when the beam is wide enough."""
+"""The constrained decoder: never emits a non-item, and is exact when the beam is wide enough,
+for the decoder-only Llama and the T5 encoder-decoder alike."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 from components.model.decoding import PrefixTrie, constrained_beam_search
 
 LEVELS, K = 3, 4
+ARCHS = ["llama", "t5"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT_VOCAB = 10  # ids 0..9 are "text"; level l code c is token 10 + l*K + c
 
 
@@ -17,7 +20,9 @@ def code_token_ids() -> list[torch.Tensor]:
     return [torch.arange(TEXT_VOCAB + lvl * K, TEXT_VOCAB + (lvl + 1) * K) for lvl in range(LEVELS)]
 
 
-def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
+def tiny_lm(seed: int = 0, arch: str = "llama") -> LlamaForCausalLM | T5ForConditionalGeneration:
+    if arch == "t5":
+        return tiny_t5(seed)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=TEXT_VOCAB + LEVELS * K,
@@ -34,6 +39,27 @@ def tiny_lm(seed: int = 0) -> LlamaForCausalLM:
     return model
 
 
+def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
+    """The T5 of `model.architecture: t5` in miniature; the padding token (0) starts the decoder."""
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=TEXT_VOCAB + LEVELS * K,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        decoder_start_token_id=0,
+    )
+    model = T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # sharpen the distribution (embeddings and head are tied)
+        model.shared.weight.mul_(4)
+    return model
+
+
 def item_codes(n_items: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     flat = rng.choice(K**LEVELS, n_items, replace=False)
@@ -41,9 +67,19 @@ def item_codes(n_items: int, seed: int = 0) -> np.ndarray:
 
 
 def brute_force_scores(model, prompt: list[int], codes: np.ndarray) -> np.ndarray:
-    """Exact log-probability of every item's identifier after the prompt (teacher forcing)."""
+    """Exact log-probability of every item's identifier after the prompt (teacher forcing: one
+    full forward per identifier, no cache, no padding)."""
     ids = code_token_ids()
     tokens = torch.stack([ids[lvl][torch.as_tensor(codes[:, lvl])] for lvl in range(LEVELS)], dim=1)
+    if model.config.is_encoder_decoder:  # the prompt to the encoder, the identifier decoded
+        start = torch.full((len(codes), 1), model.config.decoder_start_token_id)
+        with torch.no_grad():
+            logits = model(
+                input_ids=torch.tensor(prompt).repeat(len(codes), 1),
+                decoder_input_ids=torch.cat([start, tokens[:, :-1]], 1),
+            ).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        return logp.gather(2, tokens[..., None])[..., 0].sum(1).numpy()
     seqs = torch.cat([torch.tensor(prompt).repeat(len(codes), 1), tokens], dim=1)
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=seqs).logits.float(), dim=-1)
@@ -64,8 +100,9 @@ def test_trie_tables_map_identifiers_to_items() -> None:
         PrefixTrie.from_codes(np.array([[0, 1, 2], [0, 1, 2]]), (K, K, K))
 
 
-def test_wide_beam_returns_the_exact_top_k_with_exclusions() -> None:
-    model, codes = tiny_lm(), item_codes(25)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_wide_beam_returns_the_exact_top_k_with_exclusions(arch: str) -> None:
+    model, codes = tiny_lm(arch=arch), item_codes(25)
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 1]]  # different lengths: left padding is exercised
     seen = [np.array([0, 3]), np.array([], dtype=np.int64), np.array([5])]
@@ -84,8 +121,9 @@ def test_wide_beam_returns_the_exact_top_k_with_exclusions() -> None:
         assert (res.codes[row].numpy() == codes[expected]).all()
 
 
-def test_narrow_beam_only_emits_existing_unseen_items() -> None:
-    model, codes = tiny_lm(1), item_codes(40, seed=1)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_narrow_beam_only_emits_existing_unseen_items(arch: str) -> None:
+    model, codes = tiny_lm(1, arch), item_codes(40, seed=1)
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     exclude = torch.zeros((2, len(codes)), dtype=torch.bool)
     exclude[:, :20] = True
@@ -100,8 +138,9 @@ def test_narrow_beam_only_emits_existing_unseen_items() -> None:
                 assert (codes[item] == code).all()
 
 
-def test_fewer_items_than_k_pads_with_minus_one() -> None:
-    model, codes = tiny_lm(), item_codes(4)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fewer_items_than_k_pads_with_minus_one(arch: str) -> None:
+    model, codes = tiny_lm(arch=arch), item_codes(4)
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     res = constrained_beam_search(model, [[1]], code_token_ids(), trie, beam_size=10, top_k=6)
     leaves = res.leaves[0].tolist()
@@ -110,8 +149,9 @@ def test_fewer_items_than_k_pads_with_minus_one() -> None:
     assert torch.isinf(res.scores[0, 4:]).all()
 
 
-def test_batched_equals_one_at_a_time() -> None:
-    model, codes = tiny_lm(2), item_codes(30, seed=2)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_equals_one_at_a_time(arch: str) -> None:
+    model, codes = tiny_lm(2, arch), item_codes(30, seed=2)
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     prompts = [[1, 2, 3, 4], [5], [6, 7]]
     batched = constrained_beam_search(model, prompts, code_token_ids(), trie, beam_size=5, top_k=5)
@@ -122,8 +162,9 @@ def test_batched_equals_one_at_a_time() -> None:
         assert single.leaves[0].tolist() == batched.leaves[row].tolist()
 
 
-def test_unconstrained_trie_allows_any_well_formed_identifier() -> None:
-    model = tiny_lm(3)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unconstrained_trie_allows_any_well_formed_identifier(arch: str) -> None:
+    model = tiny_lm(3, arch)
     trie = PrefixTrie.unconstrained((K,) * LEVELS)
     res = constrained_beam_search(
         model, [[1, 2]], code_token_ids(), trie, beam_size=K**LEVELS, top_k=5
@@ -135,9 +176,10 @@ def test_unconstrained_trie_allows_any_well_formed_identifier() -> None:
 
 
 @pytest.mark.parametrize("beam", [10, 12])
-def test_user_who_has_seen_almost_everything_still_gets_k_items(beam: int) -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_user_who_has_seen_almost_everything_still_gets_k_items(beam: int, arch: str) -> None:
     """All-seen prefixes are pruned at every level, so a narrow beam cannot run dry."""
-    model, codes = tiny_lm(4), item_codes(K**LEVELS, seed=4)  # every identifier is an item
+    model, codes = tiny_lm(4, arch), item_codes(K**LEVELS, seed=4)  # every identifier is an item
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     rng = np.random.default_rng(0)
     unseen = rng.choice(len(codes), 11, replace=False)
@@ -151,9 +193,10 @@ def test_user_who_has_seen_almost_everything_still_gets_k_items(beam: int) -> No
     assert torch.isfinite(res.scores).all()
 
 
-def test_without_pruning_the_same_narrow_beam_would_run_dry() -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_without_pruning_the_same_narrow_beam_would_run_dry(arch: str) -> None:
     """The case above is not vacuous: masking the last level only returns fewer than k."""
-    model, codes = tiny_lm(4), item_codes(K**LEVELS, seed=4)
+    model, codes = tiny_lm(4, arch), item_codes(K**LEVELS, seed=4)
     trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
     unseen = np.random.default_rng(0).choice(len(codes), 11, replace=False)
     open_all = PrefixTrie(trie.children, ())  # no item->node maps: only the leaves are masked
@@ -166,8 +209,9 @@ def test_without_pruning_the_same_narrow_beam_would_run_dry() -> None:
     assert len(leaves) < 10
 
 
-def test_grouped_search_scores_the_weighted_sum_over_a_groups_prompts() -> None:
-    model = tiny_lm(5)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_grouped_search_scores_the_weighted_sum_over_a_groups_prompts(arch: str) -> None:
+    model = tiny_lm(5, arch)
     trie = PrefixTrie.unconstrained((K,) * LEVELS)
     prompts = [[1, 2], [3, 4, 5], [6], [7, 8]]
     groups = torch.tensor([0, 0, 0, 1])
@@ -191,8 +235,9 @@ def test_grouped_search_scores_the_weighted_sum_over_a_groups_prompts() -> None:
         np.testing.assert_allclose(res.scores[g].numpy(), mixed[expected], rtol=1e-4, atol=1e-4)
 
 
-def test_a_fixed_prefix_is_kept_and_the_rest_searched_exactly() -> None:
-    model = tiny_lm(6)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_fixed_prefix_is_kept_and_the_rest_searched_exactly(arch: str) -> None:
+    model = tiny_lm(6, arch)
     trie = PrefixTrie.unconstrained((K,) * LEVELS)
     prefix = torch.tensor([[2], [0]])
     res = constrained_beam_search(

@@ -98,13 +98,7 @@ def perturb_adapters(model: torch.nn.Module) -> None:
                 param.add_(0.1 * torch.randn(param.shape, generator=gen))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster than several fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/model/conftest.py
 
 
 @pytest.fixture
