@@ -88,13 +88,20 @@ class TokenizeConfig(Strict):
 
 class ModelConfig(Strict):
     profile: Literal["tiny", "pretrained"] = "tiny"
-    # tiny profile: Llama architecture trained from scratch
+    # tiny profile: a small model trained from scratch
+    architecture: Literal["llama", "t5"] = Field(
+        "llama",
+        description="tiny profile: llama (decoder-only) or t5 (encoder-decoder: the prompt to "
+        "the encoder, the identifier or title as the decoder's target)",
+    )
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
     intermediate_size: int = Field(512, gt=0)
     text_vocab_size: int = Field(1000, ge=100)
-    dropout: float = Field(0.1, ge=0, lt=1, description="attention dropout")
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="llama: attention dropout; t5: its dropout (all of it)"
+    )
     residual_dropout: float = Field(
         0.0,
         ge=0,
@@ -113,6 +120,24 @@ class ModelConfig(Strict):
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _t5_is_tiny(self) -> ModelConfig:
+        if self.architecture != "t5":
+            return self
+        if self.profile != "tiny":
+            raise ValueError(
+                "model.architecture t5 is a tiny-profile model trained from scratch; the "
+                "pretrained profile loads the causal LM named by model.name_or_path (use "
+                "model.architecture: llama with it)"
+            )
+        if self.residual_dropout:
+            raise ValueError(
+                f"model.residual_dropout ({self.residual_dropout}) is for llama; t5's own dropout, "
+                "model.dropout, already covers its embeddings, attention and feed-forward "
+                "outputs: set model.residual_dropout to 0 with model.architecture t5"
             )
         return self
 

@@ -1,4 +1,9 @@
-"""The generative recommender bundle: causal LM + tokenizer + identifier-token table."""
+"""The generative recommender bundle: LM + tokenizer + identifier-token table.
+
+The LM is causal (the tiny profile's Llama, or a pretrained model) or, with
+`model.architecture: t5`, a small T5 encoder-decoder: the prompt goes to the encoder and the
+response (an identifier, or a title) is the decoder's target.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from components.config import ModelConfig
 from components.io import atomic_dir
+from components.model.decoding import is_encoder_decoder
 from components.model.prompts import template_texts
 from components.model.text_tokenizer import fit_text_tokenizer
 from components.tokenizers import code_token
@@ -30,6 +43,7 @@ class GenerativeRecommender:
     tokenizer: object
     codebook_sizes: tuple[int, ...]
     profile: str = "tiny"
+    architecture: str = "llama"  # the tiny profile's: llama (decoder-only) or t5
 
     def __post_init__(self) -> None:
         tokens = [
@@ -45,6 +59,10 @@ class GenerativeRecommender:
     @property
     def levels(self) -> int:
         return len(self.codebook_sizes)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return is_encoder_decoder(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -80,6 +98,8 @@ class GenerativeRecommender:
         tokenizer.add_tokens(
             [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)]
         )
+        if cfg.architecture == "t5":
+            return cls._create_t5(cfg, codebook_sizes, tokenizer, seed)
         config = LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=cfg.hidden_size,
@@ -98,6 +118,31 @@ class GenerativeRecommender:
         model = LlamaForCausalLM(config)
         return cls(model, tokenizer, tuple(codebook_sizes), profile="tiny")
 
+    @classmethod
+    def _create_t5(
+        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], tokenizer, seed: int
+    ) -> GenerativeRecommender:
+        """A T5 (v1.1 layout: gated-GELU feed-forward) of the same width, heads, feed-forward
+        size and dropout as the Llama; `num_layers` encoder layers and as many decoder layers.
+        The decoder starts from the padding token, as T5 does; embeddings and head are tied."""
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=cfg.hidden_size,
+            d_kv=cfg.hidden_size // cfg.num_heads,
+            d_ff=cfg.intermediate_size,
+            num_layers=cfg.num_layers,
+            num_decoder_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            dropout_rate=cfg.dropout,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+        return cls(model, tokenizer, tuple(codebook_sizes), profile="tiny", architecture="t5")
+
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """safetensors weights + tokenizer + identifier metadata, written atomically.
@@ -112,7 +157,11 @@ class GenerativeRecommender:
             else:
                 self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            meta = {"codebook_sizes": list(self.codebook_sizes), "profile": self.profile}
+            meta = {
+                "codebook_sizes": list(self.codebook_sizes),
+                "profile": self.profile,
+                "architecture": self.architecture,
+            }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -124,12 +173,20 @@ class GenerativeRecommender:
                 f"{path}: not a saved generative recommender ({META_FILE} missing)"
             )
         meta = json.loads(meta_path.read_text())
+        architecture = meta.get("architecture", "llama")  # saved before t5 existed: llama
         if meta["profile"] == "pretrained":
             from components.model.pretrained import load_pretrained
 
             model, tokenizer = load_pretrained(path)
         else:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+            loader = T5ForConditionalGeneration if architecture == "t5" else AutoModelForCausalLM
+            model = loader.from_pretrained(path, trust_remote_code=False)
         model.to(device or pick_device())
-        return cls(model, tokenizer, tuple(meta["codebook_sizes"]), profile=meta["profile"])
+        return cls(
+            model,
+            tokenizer,
+            tuple(meta["codebook_sizes"]),
+            profile=meta["profile"],
+            architecture=architecture,
+        )

@@ -62,6 +62,7 @@ class TrainingSession:
             titles=self.dataset.item_titles(),
             max_history=self.dataset.max_history,
             rng=rng,
+            one_per_target=self.rec.is_encoder_decoder,
         )
 
     def train_epoch(self) -> dict[str, float]:
@@ -83,7 +84,10 @@ class TrainingSession:
         """Mean next-item loss (nats per identifier token) over the training targets with the
         current map, dropout off: how well the map fits what the model has learned."""
         examples = seqrec_examples(
-            self.prompts, self.dataset.train_sequences(), self.dataset.max_history
+            self.prompts,
+            self.dataset.train_sequences(),
+            self.dataset.max_history,
+            one_per_target=self.rec.is_encoder_decoder,
         )
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         pad = self.rec.tokenizer.pad_token_id or 0

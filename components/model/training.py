@@ -16,6 +16,11 @@ last layer's attention output, MLP, final norm and head only where there are lab
 under bf16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), with fp32
 master weights, optimizer and loss. See docs/benchmarks.md (training throughput) for the
 profile behind each choice.
+
+An encoder-decoder (`model.architecture: t5`) trains on the same examples, each one prompt
+followed by one response: the prompt goes to the encoder and the response is the decoder's
+target (`_seq2seq_response_loss`). Its seqrec examples have one target each
+(`one_per_target`), with at most `max_history` items before it.
 """
 
 from __future__ import annotations
@@ -38,23 +43,36 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
+from components.model.decoding import is_encoder_decoder
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.progress import progress
 
 
 def seqrec_examples(
-    prompts: PromptBuilder, sequences: list[np.ndarray], max_history: int
+    prompts: PromptBuilder,
+    sequences: list[np.ndarray],
+    max_history: int,
+    one_per_target: bool = False,
 ) -> list[Example]:
     """Each training target exactly once, with at most `max_history` items of context, as in
     evaluation (train as you evaluate).
 
-    A window holds at most `max_history + 1` items, so no target sees more than `max_history`
+    one_per_target: one example per target, its prompt the (at most `max_history`) items
+    before it (an encoder-decoder, which cannot train several targets in one pass).
+
+    Otherwise windows (a causal LM): a window holds at most `max_history + 1` items, so no target sees more than `max_history`
     before it. The first window trains every item after the first; each later window trains
     its last `stride` (about half a history) items, so those targets see between
     `max_history - stride + 1` and `max_history` items, and a target costs about two items of
     forward pass, as with longer windows.
     """
     out: list[Example] = []
+    if one_per_target:
+        for seq in sequences:
+            for t in range(1, len(seq)):
+                window = seq[max(0, t - max_history) : t + 1]
+                out.append(prompts.seqrec_window(window, min_history=len(window) - 1))
+        return out
     stride = max(1, (max_history + 1) // 2)
     for seq in sequences:
         n = len(seq)
@@ -79,8 +97,10 @@ def task_examples(
     titles: list[str],
     max_history: int,
     rng: np.random.Generator,
+    one_per_target: bool = False,
 ) -> dict[str, list[Example]]:
-    """One epoch's examples per task; a weight is the expected passes over that task's data."""
+    """One epoch's examples per task; a weight is the expected passes over that task's data.
+    one_per_target: seqrec examples with one target each (`seqrec_examples`)."""
 
     def sample(pool: list[Example], weight: float) -> list[Example]:
         whole, frac = int(weight), weight - int(weight)
@@ -94,7 +114,8 @@ def task_examples(
     out: dict[str, list[Example]] = {}
     if weights.seqrec > 0:
         out["seqrec"] = sample(
-            seqrec_examples(prompts, train_sequences, max_history), weights.seqrec
+            seqrec_examples(prompts, train_sequences, max_history, one_per_target),
+            weights.seqrec,
         )
     if weights.item2id > 0:
         out["item2id"] = sample(
@@ -165,6 +186,8 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 
 def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Next-token cross-entropy on labelled positions; the head runs only there."""
+    if is_encoder_decoder(model):
+        return _seq2seq_response_loss(model, batch.input_ids, batch.labels)
     if _fast_llama(model, batch.input_ids.device):
         return _llama_response_loss(model, batch.input_ids, batch.labels)
     # Right padding + causal attention: real tokens never attend to the padding, so no mask is
@@ -174,6 +197,48 @@ def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     selected = targets != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][selected])
     return F.cross_entropy(logits.float(), targets[selected])
+
+
+def seq2seq_split(
+    input_ids: torch.Tensor, labels: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows laid out as prompt, response, padding (right-padded `collate` rows whose labels
+    are the response) -> (encoder ids, encoder mask, decoder targets), right-padded, the
+    targets with IGNORE as padding."""
+    labelled = labels != IGNORE
+    n = labelled.sum(1)
+    width = labels.shape[1]
+    first = labelled.int().argmax(1)
+    last = width - 1 - labelled.flip(1).int().argmax(1)
+    if bool(((n > 0) & (last - first + 1 != n)).any()):
+        raise ValueError(
+            "an encoder-decoder example is one prompt followed by one response (seqrec windows "
+            "with several targets need seqrec_examples(..., one_per_target=True))"
+        )
+    first = torch.where(n > 0, first, width).clamp(min=1)  # a row without labels: all prompt
+    columns = torch.arange(width, device=labels.device)
+    enc_width = int(first.max())
+    enc_mask = columns[None, :enc_width] < first[:, None]
+    enc_ids = input_ids[:, :enc_width].masked_fill(~enc_mask, pad_id)
+    dec_columns = columns[: max(1, int(n.max()))]
+    index = (first[:, None] + dec_columns[None]).clamp(max=width - 1)
+    targets = labels.gather(1, index).masked_fill(dec_columns[None] >= n[:, None], IGNORE)
+    return enc_ids, enc_mask.long(), targets
+
+
+def _seq2seq_response_loss(
+    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """An encoder-decoder's cross-entropy on the response: the prompt is encoded, the decoder
+    reads the response shifted right (after its start token) and predicts every token of it."""
+    c = model.config
+    enc_ids, enc_mask, targets = seq2seq_split(input_ids, labels, c.pad_token_id)
+    start = torch.full_like(targets[:, :1], c.decoder_start_token_id)
+    shifted = torch.cat([start, targets[:, :-1]], 1)
+    decoder_ids = shifted.masked_fill(shifted == IGNORE, c.pad_token_id)
+    logits = model(input_ids=enc_ids, attention_mask=enc_mask, decoder_input_ids=decoder_ids).logits
+    selected = targets != IGNORE
+    return F.cross_entropy(logits[selected].float(), targets[selected])
 
 
 # The CPU training path of a plain Llama --------------------------------------------------------

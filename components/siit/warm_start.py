@@ -79,6 +79,8 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
         if not (folder / name).exists():
             return f"code version: {folder / name} missing"
     theirs, ours = record.get("compatibility", {}), compatibility_key(params)
+    if isinstance(theirs.get("model"), dict):  # champions from before t5 existed are llama
+        theirs["model"].setdefault("architecture", "llama")
     differ = sorted(
         f"{section}.{key}"
         for section in ours
@@ -263,7 +265,8 @@ def assign_new_identifiers(
 
 def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> GenerativeRecommender:
     """The same model with the code tokens of `sizes` that it lacks; each new embedding row
-    starts as the mean of its level's rows (the output head is tied in the tiny profile)."""
+    starts as the mean of its level's rows (the output head is tied in the tiny profile, llama
+    and t5 alike)."""
     if rec.profile != "tiny":
         raise ValueError(
             "a champion start ran out of identifiers and would grow the codebooks, which only "
@@ -286,4 +289,6 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
         for lvl, (o, n) in enumerate(zip(old, sizes, strict=True)):
             for c in range(o, n):
                 weight[rec.tokenizer.convert_tokens_to_ids(code_token(lvl, c))] = means[lvl]
-    return GenerativeRecommender(rec.model, rec.tokenizer, tuple(sizes), profile=rec.profile)
+    return GenerativeRecommender(
+        rec.model, rec.tokenizer, tuple(sizes), profile=rec.profile, architecture=rec.architecture
+    )
