@@ -78,3 +78,32 @@ def test_context_signal_records_immediate_effect_and_best_epoch(
         assert len(set(codes)) == len(codes)  # a bijection every round
     recs = pl.read_parquet(tmp_path / "a/reports/models/siit_recommendations_test.parquet")
     assert "target_item_id" in recs.columns
+
+
+def test_t5_trains_refines_and_ranks_through_the_flow(
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`model.architecture: t5` end to end: train, validate, refine by context, test; the saved
+    model is a T5 and every test user gets 10 unseen items."""
+    root, env = prepared
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["model"]["architecture"] = "t5"
+    params["train"].update({"epochs": 2, "threads": 1})  # tiny: one thread is faster
+    params["siit"].update({"rounds": 1, "refine_after": [1]})
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    report = _train(src, tmp_path / "t5", env)
+    out = tmp_path / "t5"
+    meta = json.loads((out / "artifacts/models/siit/model/siit_model.json").read_text())
+    assert meta["architecture"] == "t5"
+    rounds = pl.read_csv(out / "reports/rounds.csv")
+    assert rounds.get_column("epoch").to_list() == [1, 2]
+    assert rounds.filter(pl.col("churn").is_not_null()).height == 1
+    assert all(0 <= report["test"][m] <= 1 for m in ("recall@10", "ndcg@10"))
+    for path in sorted((out / "artifacts/token_maps").glob("*.parquet")):
+        codes = pl.read_parquet(path).select("c0", "c1", "c2").rows()
+        assert len(set(codes)) == len(codes)
+    recs = pl.read_parquet(out / "reports/models/siit_recommendations_test.parquet")
+    per_user = recs.group_by("user_id").agg(pl.col("item_id").n_unique().alias("n"))
+    assert per_user.get_column("n").min() == 10
