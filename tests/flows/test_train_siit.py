@@ -107,3 +107,14 @@ def test_t5_trains_refines_and_ranks_through_the_flow(
     recs = pl.read_parquet(out / "reports/models/siit_recommendations_test.parquet")
     per_user = recs.group_by("user_id").agg(pl.col("item_id").n_unique().alias("n"))
     assert per_user.get_column("n").min() == 10
+    # the saved folder serves: 5 unseen items for a history
+    from components.serving import Recommender, ServingConfig
+
+    served = Recommender.load(
+        out / "artifacts/models/siit/model",
+        out / "artifacts/models/siit/token_map.parquet",
+        ServingConfig(beam_size=10),
+    )
+    history = served.item_ids[:3]
+    answer = served.recommend([history], [5])[0]
+    assert len(set(answer["item_ids"])) == 5 and not set(answer["item_ids"]) & set(history)
