@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# The project root instead of bench/ (whose tokenize.py would shadow the stdlib module).
+# The project root instead of bench/ (bench/ scripts import the project from its root).
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-# The project root instead of bench/ (whose tokenize.py would shadow the stdlib module).
+# The project root instead of bench/ (bench/ scripts import the project from its root).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402

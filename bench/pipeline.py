@@ -38,7 +38,7 @@ STARTED = time.perf_counter()  # a stage process's bench code starts here
 
 from pathlib import Path  # noqa: E402
 
-# The project root instead of bench/ (whose tokenize.py would shadow the stdlib module).
+# The project root instead of bench/ (bench/ scripts import the project from its root).
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, bench/ is sys.path[0] and its tokenize.py would shadow the stdlib module.
+# Run as a script, bench/ is sys.path[0]: the project root replaces it.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))

@@ -1,7 +1,7 @@
 """Tokenizer scaling benchmark: wall time and peak memory, method x catalogue size.
 
-    python bench/tokenize.py                         # 1k, 10k, 100k items, every method
-    python bench/tokenize.py --sizes 1000 10000 --methods rqvae cid --threads 2
+    python bench/tokenize_scale.py                         # 1k, 10k, 100k items, every method
+    python bench/tokenize_scale.py --sizes 1000 10000 --methods rqvae cid --threads 2
 
 Synthetic catalogue: random unit 384-d embeddings (the all-MiniLM-L6-v2 width) and user
 sequences that stay mostly inside latent item communities (so `cid` has a graph with
