@@ -54,9 +54,22 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets: `a=1,b=[2,4]` -> ['a=1', 'b=[2,4]']."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p for p in [*parts, current] if p]
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, sets = text.partition(":")
-    return name, parse_set([s for s in sets.split(",") if s])
+    return name, parse_set(split_top_level(sets))
 
 
 def average(split: dict[str, float]) -> float:

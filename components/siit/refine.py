@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from components.config import SiitConfig
-from components.model.decoding import PrefixTrie, constrained_beam_search, sequence_log_probs
+from components.model.decoding import PrefixTrie, constrained_beam_search
 from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
 from components.progress import progress
@@ -132,6 +132,7 @@ def propose_identifiers(
         groups_t = torch.tensor(groups)
         weights_t = torch.tensor(weights, dtype=torch.float32)
         bias = [torch.from_numpy(load_penalty(u, start, cfg.diversity)) for u in usage]
+        own = torch.from_numpy(builder.item_tokens[rows[groups_t.numpy()]])
         result = constrained_beam_search(
             rec.model,
             prompts,
@@ -146,11 +147,11 @@ def propose_identifiers(
             fixed_prefix=torch.from_numpy(current[rows, : cfg.fixed_levels])
             if cfg.fixed_levels
             else None,
+            score_tokens=own,  # each prompt's log-probability of the item's current identifier
         )
         codes[rows] = result.codes.cpu().numpy()
         scores[rows] = result.scores.cpu().numpy()
-        own = torch.from_numpy(builder.item_tokens[rows[groups_t.numpy()]])
-        per_prompt = sequence_log_probs(rec.model, prompts, own, pad).cpu() * weights_t
+        per_prompt = result.given.cpu() * weights_t
         current_scores[rows] = (
             torch.zeros(len(rows)).index_add_(0, groups_t, per_prompt).double().numpy()
         )

@@ -6,20 +6,36 @@ extra level only as a last resort) and records the statistics of the result.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from components.config import TokenizeConfig
-from components.tokenizers.cid import cid_codes
 from components.tokenizers.collisions import resolve_collisions
-from components.tokenizers.embeddings import embed_texts
-from components.tokenizers.item_encoder import ItemEncoder
-from components.tokenizers.plots import plot_code_usage
-from components.tokenizers.random_ids import random_codes
-from components.tokenizers.rqkmeans import fit_rqkmeans
-from components.tokenizers.rqvae import fit_rqvae
 from components.tokenizers.stats import token_map_stats
 from components.tokenizers.token_map import LEVEL_LETTERS, TokenMap, code_token
 from components.tokenizers.validation import TokenMapValidationError, validate_token_map
+
+if TYPE_CHECKING:
+    from components.tokenizers.embeddings import embed_texts
+    from components.tokenizers.item_encoder import ItemEncoder
+    from components.tokenizers.plots import plot_code_usage
+
+# Imported on first use: torch, scikit-learn and matplotlib cost seconds per process, and
+# most stages only read and validate token maps.
+_LAZY = {
+    "ItemEncoder": "components.tokenizers.item_encoder",
+    "embed_texts": "components.tokenizers.embeddings",
+    "plot_code_usage": "components.tokenizers.plots",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 METHODS = ("rqvae", "rqkmeans", "cid", "random")
 EMBEDDING_METHODS = ("rqvae", "rqkmeans")
@@ -86,17 +102,27 @@ def fit_token_map(
         got = "none" if embeddings is None else len(embeddings)
         raise ValueError(f"method {method!r} needs one embedding per item ({n}); got {got}")
 
+    from components.tokenizers.item_encoder import ItemEncoder
+
     sizes = (cfg.codebook_size,) * cfg.levels
     scores, extra, encoder = None, {}, None
     if method == "rqvae":
+        from components.tokenizers.rqvae import fit_rqvae
+
         codes, scores, extra, model = fit_rqvae(embeddings, cfg)
         encoder = ItemEncoder.from_rqvae(model, embeddings.shape[1], cfg)
     elif method == "rqkmeans":
+        from components.tokenizers.rqkmeans import fit_rqkmeans
+
         codes, scores, centers = fit_rqkmeans(embeddings, cfg.levels, cfg.codebook_size, cfg.seed)
         encoder = ItemEncoder.from_rqkmeans(centers, cfg)
     elif method == "cid":
+        from components.tokenizers.cid import cid_codes
+
         codes = cid_codes(train_sequences, n, cfg.levels, cfg.codebook_size, cfg.seed)
     elif method == "random":
+        from components.tokenizers.random_ids import random_codes
+
         codes = random_codes(n, cfg.levels, cfg.codebook_size, cfg.seed)
         encoder = ItemEncoder.random(cfg)
     else:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from components.model.decoding import PrefixTrie, constrained_beam_search
+from components.model.decoding import PrefixTrie, constrained_beam_search, sequence_log_probs
 
 LEVELS, K = 3, 4
-ARCHS = ["llama", "t5"]
+ARCHS = ["llama", "llama-gqa", "t5"]  # llama-gqa: 2 key/value heads for 4 query heads
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT_VOCAB = 10  # ids 0..9 are "text"; level l code c is token 10 + l*K + c
 
@@ -30,7 +30,7 @@ def tiny_lm(seed: int = 0, arch: str = "llama") -> LlamaForCausalLM | T5ForCondi
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=4,
+        num_key_value_heads=2 if arch == "llama-gqa" else 4,
         max_position_embeddings=64,
     )
     model = LlamaForCausalLM(cfg).eval()
@@ -255,3 +255,62 @@ def test_a_fixed_prefix_is_kept_and_the_rest_searched_exactly(arch: str) -> None
         scores[all_codes[:, 0] != int(prefix[row, 0])] = -np.inf
         expected = all_codes[np.argsort(-scores, kind="stable")[:4]]
         assert (res.codes[row].numpy() == expected).all()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("arch", ["llama", "llama-gqa"])
+def test_shared_prompt_cache_matches_transformers_cache(arch: str, lora: bool) -> None:
+    """The beams-share-the-prompt search gives the reference path's results: same items and
+    codes, scores to float rounding; padded prompts, exclusions, groups and LoRA adapters."""
+    model, codes = tiny_lm(7, arch), item_codes(50, seed=7)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():  # non-zero adapters, so they change the numbers
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
+        model.eval()
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 1], [2], [3, 3, 3, 3]]
+    exclude = torch.zeros((3, len(codes)), dtype=torch.bool)
+    exclude[0, :10] = True
+    exclude[2, 30:] = True
+    kwargs = dict(
+        beam_size=6,
+        top_k=5,
+        exclude=exclude,
+        groups=torch.tensor([0, 1, 1, 2, 2]),
+        weights=torch.tensor([1.0, 0.5, 0.5, 0.3, 0.7]),
+    )
+    ours = constrained_beam_search(model, prompts, code_token_ids(), trie, **kwargs)
+    ref = constrained_beam_search(
+        model, prompts, code_token_ids(), trie, shared_prompt=False, **kwargs
+    )
+    assert ours.leaves.tolist() == ref.leaves.tolist()
+    assert (ours.codes == ref.codes).all()
+    np.testing.assert_allclose(ours.scores.numpy(), ref.scores.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_given_continuations_are_scored_like_teacher_forcing(arch: str, shared: bool) -> None:
+    """`score_tokens` (an item's current identifier, in refinement) gets the brute-force
+    log-probability, from the search's own prompt pass or from `sequence_log_probs`."""
+    model, codes = tiny_lm(8, arch), item_codes(20, seed=8)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 1]]
+    ids = code_token_ids()
+    given = codes[[3, 0, 11]]
+    tokens = torch.stack([ids[lvl][torch.as_tensor(given[:, lvl])] for lvl in range(LEVELS)], 1)
+    res = constrained_beam_search(
+        model, prompts, ids, trie, beam_size=4, top_k=3, score_tokens=tokens, shared_prompt=shared
+    )
+    expected = [
+        brute_force_scores(model, p, given[row : row + 1])[0] for row, p in enumerate(prompts)
+    ]
+    np.testing.assert_allclose(res.given.numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        sequence_log_probs(model, prompts, tokens).numpy(), expected, rtol=1e-4, atol=1e-4
+    )

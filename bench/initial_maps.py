@@ -1,6 +1,6 @@
 """Initial tokenizers compared: the static generative recommender trained on each map.
 
-    python bench/tokenizers.py [--methods rqvae rqkmeans cid random] [--seed 42]
+    python bench/initial_maps.py [--methods rqvae rqkmeans cid random] [--seed 42]
 
 MovieLens-100k (the project's data/processed), tiny profile, same seed and epoch budget
 (params.yaml) for every method. Prints validation and test Recall/NDCG@5/10 and the
