@@ -334,6 +334,22 @@ def run_stage(root: Path, siit_args: list[str], extra: list[str], env: dict) -> 
     return {"wall": wall, **seconds, "absent": profile["absent"]}
 
 
+def metrics_lines(path: Path) -> str:
+    """The run's results, so a faster run can be checked to give the same quality."""
+    if not path.exists():
+        return ""
+    metrics = json.loads(path.read_text())
+    lines = ["", "| model | valid ndcg@10 | test recall@10 | test ndcg@10 |", "|---|---|---|---|"]
+    for name, split in metrics.items():
+        if isinstance(split, dict) and "test" in split:
+            valid, test = split.get("valid", {}), split["test"]
+            lines.append(
+                f"| {name} | {valid.get('ndcg@10', float('nan')):.4f} | "
+                f"{test['recall@10']:.4f} | {test['ndcg@10']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
 def table(rows: dict[str, dict]) -> str:
     header = ["stage", "wall (s)", *CATEGORIES, "outside"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -403,6 +419,7 @@ def main() -> int:
         f"(io + tracking + startup + orchestration; model + data = "
         f"{total['model'] + total['data']:.1f} s)"
     )
+    print(metrics_lines(root / "reports" / "metrics.json"))
     if absent:
         print(f"not instrumented (absent): {', '.join(sorted(absent))}", file=sys.stderr)
     if not args.keep and not args.in_place:

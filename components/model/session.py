@@ -21,6 +21,7 @@ from components.model.training import (
     Trainer,
     collate,
     length_bucketed_batches,
+    precision_context,
     response_loss,
     seqrec_examples,
     task_examples,
@@ -82,7 +83,8 @@ class TrainingSession:
     @torch.no_grad()
     def seqrec_loss(self, batch_size: int = 256) -> float:
         """Mean next-item loss (nats per identifier token) over the training targets with the
-        current map, dropout off: how well the map fits what the model has learned."""
+        current map, dropout off, in the training's precision (bf16 autocast where it trains
+        so): how well the map fits what the model has learned."""
         examples = seqrec_examples(
             self.prompts,
             self.dataset.train_sequences(),
@@ -98,7 +100,9 @@ class TrainingSession:
         for start in range(0, len(order), batch_size):
             batch = collate([examples[i] for i in order[start : start + batch_size]], pad)
             batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
-            total += float(response_loss(self.rec.model, batch)) * batch.n_label_tokens
+            with precision_context(device, self.trainer.precision):  # as training computes it
+                loss = response_loss(self.rec.model, batch)
+            total += float(loss) * batch.n_label_tokens
             count += batch.n_label_tokens
         self.rec.model.train(was_training)
         return total / max(1, count)

@@ -434,7 +434,7 @@ class _ResponseLossModule(torch.nn.Module):
         return response_loss(self.model, Batch(input_ids, attention_mask, labels, 0))
 
 
-def _precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16: autocast (on CUDA also flash/efficient attention rather than cuDNN's, which plans
     anew for every sequence length; bucketed batches have many). fp32: nothing."""
     if precision != "bf16":
@@ -521,7 +521,7 @@ class Trainer:
                 batch.labels.to(device),
                 batch.n_label_tokens,
             )
-            with _precision_context(device, self.precision):
+            with precision_context(device, self.precision):
                 loss = self._loss(batch.input_ids, batch.attention_mask, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * share).backward()
