@@ -92,8 +92,13 @@ class BeamResult:
     given: torch.Tensor | None = None  # float [n_prompts]: log-prob of `score_tokens`, per prompt
 
 
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (LoRA), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _cache_kwarg(model: torch.nn.Module) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
@@ -178,8 +183,7 @@ class _SharedPromptSteps(_CausalSteps):
 
     def __init__(self, model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> None:
         super().__init__(model, prompts, pad_id)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.base = base
+        self.base = _base_model(model)
         layers = self.cache.layers
         self.prompt_k = [layer.keys for layer in layers]  # [P, Hkv, T, d] (rotary applied)
         self.prompt_v = [layer.values for layer in layers]
@@ -212,7 +216,7 @@ class _SharedPromptSteps(_CausalSteps):
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = _base_model(model)
         cfg = getattr(base, "config", None)
         return (
             getattr(cfg, "model_type", None) == "llama"
