@@ -4,12 +4,16 @@
     python bench/siit_vs_static.py --seeds 1 2 -S train.epochs=9 -S siit.rounds=2
     python bench/siit_vs_static.py --seeds 1 2 --variant text:siit.signal=text \\
         --variant context:siit.signal=context --jobs 2               # compare SIIT settings
+    python bench/siit_vs_static.py --seeds 1 2 --static-only --jobs 2 \
+        --static-variant e12:train.epochs=12                          # a static model screen
 
 MovieLens-100k, tiny profile, params.yaml (overridable with -S key=value, for every model).
 For every seed the initial map is made once (`tokenize.seed` = `train.seed` = the seed), and
 static and each SIIT variant train the same epoch budget from that same map and seed: the
 comparison is paired. Each variant is a name and its own -S-style overrides
 (`name:key=value,key=value`); without --variant there is one, `siit`, with params.yaml as is.
+A --static-variant is a static model with its own overrides (model, training or evaluation
+settings), paired with the plain static model the same way.
 
 Printed (markdown):
 1. per seed: valid and test Recall/NDCG@5/10 of static and every variant;
@@ -37,7 +41,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import RUNS, ensure_dataset, merge, prefect_server, run_config  # noqa: E402
+from runner import ROOT, RUNS, ensure_dataset, merge, prefect_server, run_config  # noqa: E402
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
@@ -87,9 +91,19 @@ def t_interval(diffs: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def run_seed(seed: int, extra: dict, variants: dict[str, dict], tag: str, env, jobs: int, fresh):
-    """Tokenize once, then static and every variant (in parallel up to `jobs`); then, with
-    `fresh`, a static model on each variant's final map."""
+def run_seed(
+    seed: int,
+    extra: dict,
+    variants: dict[str, dict],
+    tag: str,
+    env,
+    jobs: int,
+    fresh,
+    static_variants: dict[str, dict] | None = None,
+):
+    """Tokenize once, then static, every SIIT variant and every static variant (in parallel up
+    to `jobs`), all from the same initial map; then, with `fresh`, a static model on each SIIT
+    variant's final map."""
     base = merge(extra, {"tokenize": {"seed": seed}, "train": {"seed": seed}})
     static_name = f"{tag}-s{seed}-static"
     out = {"static": run_config(static_name, base, ["tokenize"], env, reuse=True)}
@@ -113,6 +127,13 @@ def run_seed(seed: int, extra: dict, variants: dict[str, dict], tag: str, env, j
             "train_siit",
             token_map / "token_map.parquet",
         )
+    for name, overrides in (static_variants or {}).items():
+        tasks[name] = (
+            f"{tag}-s{seed}-{name}",
+            merge(base, overrides),
+            "train_static",
+            token_map / "token_map.parquet",
+        )
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {k: pool.submit(train, *v) for k, v in tasks.items()}
         done = {k: f.result() for k, f in futures.items()}
@@ -134,6 +155,28 @@ def run_seed(seed: int, extra: dict, variants: dict[str, dict], tag: str, env, j
     return out
 
 
+def check_configs(extra: dict, variants: dict[str, dict], static_variants: dict[str, dict]):
+    """Every configuration the bench will train, checked before any training starts: a bad
+    variant should stop the bench at once, not an hour in."""
+    from pydantic import ValidationError
+
+    from components.config import ConfigError, Params
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    configs = {"static": extra, **variants, **static_variants}
+    errors = []
+    for name, overrides in configs.items():
+        merged = merge(base, merge(extra, overrides))
+        try:
+            Params.model_validate(merged)
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(map(str, err["loc"])) or "(parameters)"
+                errors.append(f"  {name}: {where}: {err['msg']}")
+    if errors:
+        raise ConfigError("invalid bench configuration(s):\n" + "\n".join(errors))
+
+
 def report(name: str, data: dict, model: str) -> dict:
     return data[name]["siit" if model == "siit" else "static"]
 
@@ -153,28 +196,51 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once (threads split)")
     parser.add_argument("--tag", default="", help="run-folder prefix (default: from -S)")
     parser.add_argument(
-        "--static-only", action="store_true", help="train the static models only (for later reuse)"
+        "--static-variant",
+        action="append",
+        default=[],
+        help="name:key=value,... (a static model with its own settings, e.g. a model screen)",
+    )
+    parser.add_argument(
+        "--static-only",
+        action="store_true",
+        help="no SIIT model: the static one (for later reuse) and any --static-variant",
     )
     args = parser.parse_args()
     extra = parse_set(args.sets)
     variants = dict(parse_variant(v) for v in args.variant) or {"siit": {}}
+    static_variants = dict(parse_variant(v) for v in args.static_variant)
+    if clash := {"static", *variants} & set(static_variants):
+        parser.error(f"--static-variant names must differ from the others: {sorted(clash)}")
     if args.static_only:
         variants = {}
     tag = args.tag or "-".join(a.replace("=", "").replace(".", "") for a in args.sets) or "default"
     if args.jobs > 1:  # split the cores between the trainings that run at once
         extra = merge({"train": {"threads": 1}}, extra)
+    check_configs(extra, variants, static_variants)
     ensure_dataset()
     results: dict[int, dict] = {}
     with prefect_server() as env:
         for seed in args.seeds:
-            results[seed] = run_seed(seed, extra, variants, tag, env, args.jobs, args.fresh)
+            results[seed] = run_seed(
+                seed, extra, variants, tag, env, args.jobs, args.fresh, static_variants
+            )
             print(f"done: seed {seed}", file=sys.stderr, flush=True)
-    if variants:
-        print_tables(results, variants, args.fresh)
+    if variants or static_variants:
+        print_tables(results, variants, args.fresh, static_variants)
 
 
-def print_tables(results: dict[int, dict], variants: dict[str, dict], fresh: bool) -> None:
-    models = ["static", *variants] + ([f"fresh-{v}" for v in variants] if fresh else [])
+def print_tables(
+    results: dict[int, dict],
+    variants: dict[str, dict],
+    fresh: bool,
+    static_variants: dict[str, dict] | None = None,
+) -> None:
+    models = (
+        ["static", *variants]
+        + ([f"fresh-{v}" for v in variants] if fresh else [])
+        + list(static_variants or {})
+    )
 
     def split_of(seed: int, model: str, split: str) -> dict[str, float]:
         data = results[seed][model]
