@@ -2,7 +2,8 @@
 
 Each configuration gets `bench/.runs/<name>/` holding a params.yaml (the project's, with
 overrides), a link to the project's `data/processed` and the embeddings cache, and its own
-outputs and MLflow store. All `siit` processes share one local Prefect server.
+outputs and MLflow store. All `siit` processes of one bench share one local Prefect server,
+with its own database in a temporary folder, so that several benches can run at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,9 +43,11 @@ def prefect_server():
     sys.path.insert(0, str(ROOT))
     from flows.server import local_prefect_server
 
-    home = RUNS / ".prefect"
-    with local_prefect_server(home) as url:
-        yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=RUNS, prefix=".prefect-") as folder:
+        home = Path(folder)
+        with local_prefect_server(home) as url:
+            yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
 
 
 def run_config(

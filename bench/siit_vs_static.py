@@ -91,68 +91,83 @@ def t_interval(diffs: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def run_seed(
-    seed: int,
+def run_all(
+    seeds: list[int],
     extra: dict,
     variants: dict[str, dict],
     tag: str,
     env,
     jobs: int,
-    fresh,
+    fresh: bool,
     static_variants: dict[str, dict] | None = None,
-):
-    """Tokenize once, then static, every SIIT variant and every static variant (in parallel up
-    to `jobs`), all from the same initial map; then, with `fresh`, a static model on each SIIT
-    variant's final map."""
-    base = merge(extra, {"tokenize": {"seed": seed}, "train": {"seed": seed}})
-    static_name = f"{tag}-s{seed}-static"
-    out = {"static": run_config(static_name, base, ["tokenize"], env, reuse=True)}
-    token_map = RUNS / static_name / "artifacts" / "tokenize"
+) -> dict[int, dict]:
+    """Every seed's initial map once, then static, every SIIT variant and every static variant
+    of every seed from that map, then (with `fresh`) a static model on each SIIT variant's
+    final map. The trainings of all seeds share one queue of `jobs` workers, model by model
+    (static of every seed, then the first variant of every seed, ...): no core waits for the
+    slowest model of a seed before the next seed starts."""
+    bases = {s: merge(extra, {"tokenize": {"seed": s}, "train": {"seed": s}}) for s in seeds}
 
-    def train(name: str, overrides: dict, stage: str, initial_map: Path) -> dict:
+    def static_name(seed: int) -> str:
+        return f"{tag}-s{seed}-static"
+
+    def initial_map(seed: int) -> Path:
+        return RUNS / static_name(seed) / "artifacts" / "tokenize" / "token_map.parquet"
+
+    def train(seed: int, name: str, overrides: dict, stage: str, token_map: Path) -> dict:
         work = RUNS / name
-        target = work / "artifacts" / "tokenize"
-        if work != RUNS / static_name:
+        if name != static_name(seed):
+            target = work / "artifacts" / "tokenize"
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
-            shutil.copy(initial_map, target / "token_map.parquet")
-        return run_config(name, overrides, [stage], env, reuse=True)
+            shutil.copy(token_map, target / "token_map.parquet")
+        out = run_config(name, overrides, [stage], env, reuse=True)
+        print(f"done: {name}", file=sys.stderr, flush=True)
+        return out
 
-    tasks = {"static": (static_name, base, "train_static", token_map / "token_map.parquet")}
-    for name, overrides in variants.items():
-        run_name = f"{tag}-s{seed}-{name}"
-        tasks[name] = (
-            run_name,
-            merge(base, overrides),
-            "train_siit",
-            token_map / "token_map.parquet",
-        )
-    for name, overrides in (static_variants or {}).items():
-        tasks[name] = (
-            f"{tag}-s{seed}-{name}",
-            merge(base, overrides),
-            "train_static",
-            token_map / "token_map.parquet",
-        )
+    def run_queue(tasks: dict[tuple[int, str], tuple]) -> dict[tuple[int, str], dict]:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # FIFO: runs in the order given
+            futures = {key: pool.submit(train, key[0], *task) for key, task in tasks.items()}
+            return {key: f.result() for key, f in futures.items()}
+
+    results: dict[int, dict] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {k: pool.submit(train, *v) for k, v in tasks.items()}
-        done = {k: f.result() for k, f in futures.items()}
-    out["static"].update(done.pop("static"))
-    out.update(done)
+        maps = {
+            s: pool.submit(run_config, static_name(s), bases[s], ["tokenize"], env, True)
+            for s in seeds
+        }
+        for s in seeds:
+            results[s] = {"static": maps[s].result()}
+
+    models = [("static", {}, "train_static")]
+    models += [(name, o, "train_siit") for name, o in variants.items()]
+    models += [(name, o, "train_static") for name, o in (static_variants or {}).items()]
+    tasks = {
+        (s, name): (
+            static_name(s) if name == "static" else f"{tag}-s{s}-{name}",
+            merge(bases[s], overrides),
+            stage,
+            initial_map(s),
+        )
+        for name, overrides, stage in models
+        for s in seeds
+    }
+    for (s, name), out in run_queue(tasks).items():
+        results[s].setdefault(name, {}).update(out)
     if fresh:
-        fresh_tasks = {}
+        tasks = {}
         for name in variants:
-            maps = sorted((RUNS / f"{tag}-s{seed}-{name}" / "artifacts" / "token_maps").glob("*"))
-            fresh_tasks[f"fresh-{name}"] = (
-                f"{tag}-s{seed}-fresh-{name}",
-                base,
-                "train_static",
-                maps[-1],
-            )
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {k: pool.submit(train, *v) for k, v in fresh_tasks.items()}
-            out.update({k: f.result() for k, f in futures.items()})
-    return out
+            for s in seeds:
+                refined = RUNS / f"{tag}-s{s}-{name}" / "artifacts" / "token_maps"
+                tasks[(s, f"fresh-{name}")] = (
+                    f"{tag}-s{s}-fresh-{name}",
+                    bases[s],
+                    "train_static",
+                    sorted(refined.glob("*"))[-1],
+                )
+        for (s, name), out in run_queue(tasks).items():
+            results[s][name] = out
+    return results
 
 
 def check_configs(extra: dict, variants: dict[str, dict], static_variants: dict[str, dict]):
@@ -219,13 +234,10 @@ def main() -> None:
         extra = merge({"train": {"threads": 1}}, extra)
     check_configs(extra, variants, static_variants)
     ensure_dataset()
-    results: dict[int, dict] = {}
     with prefect_server() as env:
-        for seed in args.seeds:
-            results[seed] = run_seed(
-                seed, extra, variants, tag, env, args.jobs, args.fresh, static_variants
-            )
-            print(f"done: seed {seed}", file=sys.stderr, flush=True)
+        results = run_all(
+            args.seeds, extra, variants, tag, env, args.jobs, args.fresh, static_variants
+        )
     if variants or static_variants:
         print_tables(results, variants, args.fresh, static_variants)
 
@@ -290,6 +302,8 @@ def print_tables(
                 f"| {model} | {split} | {' | '.join(cells)} | {rel} | "
                 f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
             )
+    if not variants:
+        return
     print()
     print("Immediate effect of each refinement (same model, old map -> refined map):")
     print()
