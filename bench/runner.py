@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,16 +39,38 @@ def ensure_dataset() -> None:
             subprocess.run([str(BIN / "siit"), stage], cwd=ROOT, check=True)
 
 
+_children: set[subprocess.Popen] = set()  # the `siit` processes running now
+
+
+def _stop_children() -> None:
+    for proc in list(_children):
+        if proc.poll() is None:
+            proc.terminate()
+
+
+def _on_sigterm(signum, frame) -> None:
+    _stop_children()  # first, or the worker threads would wait for them on the way out
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def prefect_server():
+    """A local Prefect server for the bench's `siit` processes. Leaving the block (normally,
+    on an error or on SIGTERM) also stops every `siit` process still running, so that a killed
+    bench leaves no training behind that would write into a folder a rerun uses."""
     sys.path.insert(0, str(ROOT))
     from flows.server import local_prefect_server
 
     RUNS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=RUNS, prefix=".prefect-") as folder:
         home = Path(folder)
-        with local_prefect_server(home) as url:
-            yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            with local_prefect_server(home) as url:
+                yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+        finally:
+            _stop_children()
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_config(
@@ -77,11 +100,21 @@ def run_config(
     seconds = {}
     for stage in stages:
         start = time.perf_counter()
-        proc = subprocess.run(
-            [str(BIN / "siit"), stage], cwd=work, env=full_env, capture_output=True, text=True
+        proc = subprocess.Popen(
+            [str(BIN / "siit"), stage],
+            cwd=work,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        _children.add(proc)
+        try:
+            _, stderr = proc.communicate()
+        finally:
+            _children.discard(proc)
         if proc.returncode:
-            raise RuntimeError(f"{name}: siit {stage} failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"{name}: siit {stage} failed:\n{stderr[-3000:]}")
         seconds[stage] = time.perf_counter() - start
     done.write_text(json.dumps(seconds))
     return _reports(work, seconds)
