@@ -180,7 +180,7 @@ class WarmStartConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(6, ge=1, description="total epoch budget (all rounds)")
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
