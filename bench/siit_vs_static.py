@@ -4,7 +4,7 @@
     python bench/siit_vs_static.py --seeds 1 2 -S train.epochs=9 -S siit.rounds=2
     python bench/siit_vs_static.py --seeds 1 2 --variant text:siit.signal=text \\
         --variant context:siit.signal=context --jobs 2               # compare SIIT settings
-    python bench/siit_vs_static.py --seeds 1 2 --static-only --jobs 2 \
+    python bench/siit_vs_static.py --seeds 1 2 --static-only --jobs 2 \\
         --static-variant e12:train.epochs=12                          # a static model screen
 
 MovieLens-100k, tiny profile, params.yaml (overridable with -S key=value, for every model).
@@ -175,7 +175,7 @@ def check_configs(extra: dict, variants: dict[str, dict], static_variants: dict[
     variant should stop the bench at once, not an hour in."""
     from pydantic import ValidationError
 
-    from components.config import ConfigError, Params
+    from components.config import ConfigError, Params, describe_error
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     configs = {"static": extra, **variants, **static_variants}
@@ -185,15 +185,9 @@ def check_configs(extra: dict, variants: dict[str, dict], static_variants: dict[
         try:
             Params.model_validate(merged)
         except ValidationError as exc:
-            for err in exc.errors():
-                where = ".".join(map(str, err["loc"])) or "(parameters)"
-                errors.append(f"  {name}: {where}: {err['msg']}")
+            errors += [f"  {name}: {describe_error(err)}" for err in exc.errors()]
     if errors:
         raise ConfigError("invalid bench configuration(s):\n" + "\n".join(errors))
-
-
-def report(name: str, data: dict, model: str) -> dict:
-    return data[name]["siit" if model == "siit" else "static"]
 
 
 def main() -> None:

@@ -333,7 +333,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{path}: invalid parameters"]
-        lines += [f"  {_describe_error(err)}" for err in exc.errors()]
+        lines += [f"  {describe_error(err)}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
     outside = _local_path_outside_project(params.tracking.uri)
     if outside is not None:
@@ -384,7 +384,7 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def _describe_error(err: dict) -> str:
+def describe_error(err: dict) -> str:
     """'<key>: <value> is not allowed: <pydantic's reason>; allowed: <type and range>'."""
     loc = [p for p in err["loc"] if isinstance(p, str)]
     key = ".".join(str(p) for p in err["loc"]) or "(parameters)"
