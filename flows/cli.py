@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -240,5 +241,43 @@ def _show() -> int:
     return 0
 
 
+EXIT_GRACE_S = 30.0
+
+
+def entry() -> None:
+    """The `siit` console script: `main`, then an exit that cannot hang on Prefect."""
+    code = main()
+    exit_within(code, EXIT_GRACE_S)
+
+
+def exit_within(code: int, grace_s: float) -> None:
+    """Exit with `code`, at the latest `grace_s` seconds from now.
+
+    At interpreter exit Prefect delivers the logs and events it still holds to its API, each
+    with retries; when the server is gone (stopped before this process, crashed) that takes
+    minutes and the process looks hung. The results are on disk and the logs in the log
+    file by then, so after the grace period the process leaves without them.
+    """
+    import threading
+
+    def leave() -> None:  # no locks taken: the waiting threads may hold logging's
+        message = (
+            f"siit: exit delayed over {grace_s:.0f} s delivering logs to the Prefect API "
+            f"({os.environ.get('PREFECT_API_URL') or 'temporary server'}); leaving without "
+            "them (the log file has them)\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, message.encode())
+        os._exit(code)
+
+    timer = threading.Timer(grace_s, leave)
+    timer.daemon = True  # runs on while the interpreter waits for Prefect's threads
+    timer.start()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

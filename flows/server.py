@@ -6,6 +6,7 @@ server, about 10 s each. `siit repro` and the tests start one server for all of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -110,14 +111,71 @@ def run_with_server(command: list[str], home: Path) -> int:
 
     This environment's bin directory goes first on PATH, so the stages' `siit` commands run
     with the same installation even when the virtual environment is not activated.
+
+    SIGTERM and SIGINT stop the command's whole process group (dvc and the stage it runs)
+    and wait for it before the server stops: a stage whose server is gone cannot report its
+    end to it, and would retry for minutes before exiting.
     """
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     if os.environ.get("PREFECT_API_URL"):
         return subprocess.call(command, env=env)
-    # the server runs in its own session: make SIGTERM unwind through the cleanup below
+    # a SIGTERM while the server starts unwinds through its cleanup
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with local_prefect_server(home) as url:
-        return subprocess.call(
-            command, env={**env, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+        child = subprocess.Popen(
+            command,
+            env={**env, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)},
+            **_OWN_GROUP,  # a signal reaches dvc and the stage it runs together
         )
+        with _forward_signals(child):
+            code = child.wait()
+            _wait_for_group(child.pid)  # a stage a signalled dvc left behind ends first
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+
+
+_OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
+@contextmanager
+def _forward_signals(child: subprocess.Popen, grace_s: float = 60) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT (Ctrl-C reaches only the foreground group,
+    which is this process's) go to `child`'s process group; leaving the block by an exception
+    stops the group too: SIGTERM, then SIGKILL after `grace_s`."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def forward(signum, frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in signals}
+    try:
+        yield
+    except BaseException:
+        _stop_group(child, grace_s)
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_group(child: subprocess.Popen, grace_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=grace_s)
+    _wait_for_group(child.pid, grace_s)
+
+
+def _wait_for_group(pgid: int, grace_s: float = 60) -> None:
+    """Wait until no process of group `pgid` is left; SIGKILL what is still there after
+    `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,5 +1,6 @@
 """Issue 13, point 3 (part): the local Prefect server started for `siit repro` (and the
-tests) does not outlive its parent, even when the parent is killed with SIGKILL."""
+tests) does not outlive its parent, even when the parent is killed with SIGKILL; a terminated
+`siit repro` stops its stages before their server; a stage's exit cannot hang."""
 
 from __future__ import annotations
 
@@ -53,3 +54,72 @@ def test_the_local_prefect_server_dies_with_its_parent(tmp_path: Path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+# `siit repro`'s process: dvc (the child) runs a stage (the grandchild), both under the server.
+REPRO = """
+import sys
+from pathlib import Path
+from flows.server import run_with_server
+sys.exit(run_with_server([sys.executable, "-c", *sys.argv[2:]], Path(sys.argv[1])))
+"""
+# dvc's stand-in: starts the stage, says it is ready, dies at once on SIGTERM
+DVC = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+time.sleep(600)
+"""
+# the stage's stand-in: on SIGTERM it takes a moment, then reports to the Prefect API
+STAGE = """
+import os, pathlib, signal, sys, time, urllib.request
+out = pathlib.Path(sys.argv[1])
+def on_term(*_):
+    time.sleep(1.0)  # a crash report in the making
+    try:
+        with urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=5) as r:
+            out.write_text(f"server up ({r.status})")
+    except OSError as exc:
+        out.write_text(f"server down: {exc}")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+(out.parent / "ready").touch()
+time.sleep(600)
+"""
+
+
+def test_a_terminated_repro_stops_its_stages_before_their_server(tmp_path: Path) -> None:
+    """SIGTERM to `siit repro` reaches dvc and the stage it runs, and the Prefect server stays
+    up until the stage has ended: a stage whose server is gone retries reporting its end to it
+    for minutes (seen as stages that ignored SIGTERM)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    report = tmp_path / "report.txt"
+    parent = subprocess.Popen(  # the stand-ins get the next script and the report path
+        [sys.executable, "-c", REPRO, str(tmp_path / "home"), DVC, STAGE, str(report)],
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "ready").exists():
+            assert parent.poll() is None and time.monotonic() < deadline, "the stage never started"
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        assert report.read_text().startswith("server up"), report.read_text()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_the_cli_exit_cannot_hang_on_threads_left_behind() -> None:
+    """`siit`'s exit is bounded: Prefect's log delivery to a server that is gone (a thread the
+    interpreter waits for at exit) would otherwise hold the process for minutes."""
+    code = (
+        "import threading, time; from flows.cli import exit_within; "
+        "threading.Thread(target=time.sleep, args=(600,)).start(); exit_within(3, 1.0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3
+    assert "leaving without them" in proc.stderr
