@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# A model folder (artifacts/models/<name>/, a registered or served model): its layout.
+MODEL_DIR = "model"  # the weights and tokenizer
+TOKEN_MAP_FILE = "token_map.parquet"  # the identifiers the model was trained with
+RECORD_FILE = "warm_start.json"  # what a later champion start checks compatibility against
+ITEM_ENCODER_DIR = "item_encoder"  # the fitted initial tokenizer, for items that come later
+
 
 @dataclass(frozen=True)
 class Paths:

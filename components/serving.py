@@ -39,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from components.paths import MODEL_DIR, TOKEN_MAP_FILE
+
 SERVING_CONFIG = "serving.json"
-MODEL_DIR = "model"
-TOKEN_MAP = "token_map.parquet"
+TOKEN_MAP = TOKEN_MAP_FILE
 REQUEST_COLUMNS = ("history", "k", "user_id")
 OUTPUT_COLUMNS = ("item_ids", "scores", "k", "unknown_item_ids")
 BEAM_BUDGET = 4096  # prompts x beams decoded at once (bounds memory for large k)

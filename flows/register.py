@@ -23,9 +23,8 @@ from components import tracking
 from components.config import Params, load_params
 from components.data import Dataset
 from components.io import atomic_write_json
-from components.paths import Paths
+from components.paths import ITEM_ENCODER_DIR, RECORD_FILE, Paths
 from components.serving import MODEL_DIR, SERVING_CONFIG, TOKEN_MAP, ServingConfig, ndcg_at_k
-from components.siit.warm_start import ITEM_ENCODER_DIR, RECORD_FILE
 from flows.common import IO, load_dataset_task
 
 MODELS = ("siit", "static")  # the SIIT model is registered; static is logged for comparison

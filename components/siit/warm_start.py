@@ -28,15 +28,12 @@ import torch
 
 from components.config import Params
 from components.model.recommender import GenerativeRecommender
+from components.paths import ITEM_ENCODER_DIR, MODEL_DIR, RECORD_FILE, TOKEN_MAP_FILE
 from components.tokenizers import TokenMap, code_token, token_map_stats
 from components.tokenizers.collisions import collision_mask
 from components.tokenizers.item_encoder import ItemEncoder
 
 FORMAT = 1  # version of the model-folder layout this code reads (warm_start.json, item_encoder/)
-RECORD_FILE = "warm_start.json"
-MODEL_DIR = "model"
-TOKEN_MAP_FILE = "token_map.parquet"
-ITEM_ENCODER_DIR = "item_encoder"
 
 
 def compatibility_key(params: Params) -> dict:
