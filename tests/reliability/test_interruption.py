@@ -56,12 +56,31 @@ def test_the_local_prefect_server_dies_with_its_parent(tmp_path: Path) -> None:
             parent.kill()
 
 
-# `siit repro`'s process: dvc (the child) runs a stage (the grandchild), both under the server.
+# `siit repro`'s process: dvc (the child) runs a stage (the grandchild), both under the server
+# (a stand-in that answers /health: the order of the shutdown is what is tested, not Prefect)
 REPRO = """
-import sys
+import contextlib, http.server, sys, threading
 from pathlib import Path
-from flows.server import run_with_server
-sys.exit(run_with_server([sys.executable, "-c", *sys.argv[2:]], Path(sys.argv[1])))
+from flows import server
+
+@contextlib.contextmanager
+def health_only_server(home):  # the server's stand-in: /health until the block ends
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/api"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+server.local_prefect_server = health_only_server
+sys.exit(server.run_with_server([sys.executable, "-c", *sys.argv[2:]], Path(sys.argv[1])))
 """
 # dvc's stand-in: starts the stage, says it is ready, dies at once on SIGTERM
 DVC = """
