@@ -42,7 +42,6 @@ import numpy as np
 from components.paths import MODEL_DIR, TOKEN_MAP_FILE
 
 SERVING_CONFIG = "serving.json"
-TOKEN_MAP = TOKEN_MAP_FILE
 REQUEST_COLUMNS = ("history", "k", "user_id")
 OUTPUT_COLUMNS = ("item_ids", "scores", "k", "unknown_item_ids")
 BEAM_BUDGET = 4096  # prompts x beams decoded at once (bounds memory for large k)
@@ -192,7 +191,7 @@ class Recommender:
         """A directory holding model/, token_map.parquet and serving.json."""
         path = Path(path)
         return cls.load(
-            path / MODEL_DIR, path / TOKEN_MAP, ServingConfig.read(path / SERVING_CONFIG)
+            path / MODEL_DIR, path / TOKEN_MAP_FILE, ServingConfig.read(path / SERVING_CONFIG)
         )
 
     @property

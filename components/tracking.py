@@ -496,13 +496,14 @@ def log_recommender(
     import pandas as pd
 
     import components
-    from components.serving import MODEL_DIR, SERVING_CONFIG, TOKEN_MAP, SiitPyfunc
+    from components.paths import MODEL_DIR, TOKEN_MAP_FILE
+    from components.serving import SERVING_CONFIG, SiitPyfunc
 
     mlflow = _mlflow(cfg)
     set_experiment(cfg)
     artifacts = {
         "model": str(bundle / MODEL_DIR),
-        "token_map": str(bundle / TOKEN_MAP),
+        "token_map": str(bundle / TOKEN_MAP_FILE),
         "serving_config": str(bundle / SERVING_CONFIG),
     }
     # what a later champion start needs: the fitted initial tokenizer and compatibility record

@@ -23,8 +23,8 @@ from components import tracking
 from components.config import Params, load_params
 from components.data import Dataset
 from components.io import atomic_write_json
-from components.paths import ITEM_ENCODER_DIR, RECORD_FILE, Paths
-from components.serving import MODEL_DIR, SERVING_CONFIG, TOKEN_MAP, ServingConfig, ndcg_at_k
+from components.paths import ITEM_ENCODER_DIR, MODEL_DIR, RECORD_FILE, TOKEN_MAP_FILE, Paths
+from components.serving import SERVING_CONFIG, ServingConfig, ndcg_at_k
 from flows.common import IO, load_dataset_task
 
 MODELS = ("siit", "static")  # the SIIT model is registered; static is logged for comparison
@@ -45,7 +45,7 @@ def make_bundle(model_dir: Path, config: ServingConfig, dest: Path) -> Path:
     item_encoder/ + warm_start.json when the training stage wrote them."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir / MODEL_DIR, dest / MODEL_DIR)
-    shutil.copy2(model_dir / TOKEN_MAP, dest / TOKEN_MAP)
+    shutil.copy2(model_dir / TOKEN_MAP_FILE, dest / TOKEN_MAP_FILE)
     config.write(dest / SERVING_CONFIG)
     # for champion starts: the fitted initial tokenizer and the compatibility record
     if (model_dir / ITEM_ENCODER_DIR).is_dir():

@@ -16,7 +16,8 @@ def make_bundle(root: Path, seed: int = 0, n_items: int = N_ITEMS) -> Path:
 
     from components.config import ModelConfig
     from components.model.recommender import GenerativeRecommender
-    from components.serving import MODEL_DIR, SERVING_CONFIG, TOKEN_MAP, ServingConfig
+    from components.paths import MODEL_DIR, TOKEN_MAP_FILE
+    from components.serving import SERVING_CONFIG, ServingConfig
     from components.tokenizers.token_map import TokenMap
 
     torch.set_num_threads(1)
@@ -31,7 +32,9 @@ def make_bundle(root: Path, seed: int = 0, n_items: int = N_ITEMS) -> Path:
     )
     rec = GenerativeRecommender.create(cfg, sizes, texts, seed=seed)
     rec.save(root / MODEL_DIR)
-    TokenMap(item_ids=tuple(item_ids), codes=codes, codebook_sizes=sizes).save(root / TOKEN_MAP)
+    TokenMap(item_ids=tuple(item_ids), codes=codes, codebook_sizes=sizes).save(
+        root / TOKEN_MAP_FILE
+    )
     ServingConfig(default_k=5, beam_size=10, max_history=8).write(root / SERVING_CONFIG)
     return root
 
