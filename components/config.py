@@ -187,6 +187,12 @@ class TrainConfig(Strict):
     tasks: TaskWeights = TaskWeights()
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
+    concurrent: bool = Field(
+        True,
+        description="the `train` stage trains the static and the SIIT model at the same time, "
+        "each in its own process on half the CPU threads (same results); false: one after "
+        "the other",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
         description="auto: bf16 autocast on CUDA and on CPUs with native bf16 (else fp32; "

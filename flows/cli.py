@@ -16,7 +16,21 @@ from pathlib import Path
 
 from flows.env import configure_environment
 
-STAGES = ("prepare", "validate", "tokenize", "train_static", "train_siit", "report", "register")
+STAGES = (
+    "prepare",
+    "validate",
+    "tokenize",
+    "train",
+    "train_static",
+    "train_siit",
+    "report",
+    "register",
+)
+STAGE_HELP = {
+    "train": "both models (static and SIIT): the `train` stage; at once with train.concurrent",
+    "train_static": "the static model only (initial map frozen)",
+    "train_siit": "the SIIT model only (map refined between rounds)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
-        sub.add_parser(stage, help=f"run the '{stage}' stage as a Prefect flow")
+        sub.add_parser(
+            stage, help=STAGE_HELP.get(stage, f"run the '{stage}' stage as a Prefect flow")
+        )
     base = sub.add_parser(
         "base_model", help="fetch the pretrained backbone once (user cache) and write its manifest"
     )
@@ -113,6 +129,15 @@ def _dispatch(args: argparse.Namespace, passthrough: list[str]) -> int:
     from components.config import load_params
 
     load_params(args.params)  # bad parameters stop here, before Prefect starts anything
+    if args.command == "train" and not os.environ.get("PREFECT_API_URL"):
+        # one local server for the stage and both models' processes (each would otherwise
+        # start a temporary one): the stage runs again in a process of its own under it
+        from flows.server import run_with_server
+
+        own = ["--params", args.params, *(["--debug"] if args.debug else []), "train"]
+        return run_with_server(
+            [sys.executable, "-m", "flows.cli", *own], Path(os.environ["PREFECT_HOME"])
+        )
     _log_to_file(args.debug)
     _run_stage(args.command, args.params)
     return 0
@@ -216,6 +241,10 @@ def _run_stage(stage: str, params_file: str) -> None:
         from flows.tokenize import tokenize_flow
 
         tokenize_flow(params_file=params_file)
+    elif stage == "train":
+        from flows.train_models import train_models_flow
+
+        train_models_flow(params_file=params_file)
     elif stage.startswith("train_"):
         from flows.train import train_flow
 

@@ -15,6 +15,10 @@ def _transient(task: object, task_run: object, state: object) -> bool:
     return isinstance(getattr(state, "data", None), OSError)
 
 
+# Set by the `train` stage for its models' processes: keep the checkpoint when done (the stage
+# removes both once both are done, so a re-run after a kill re-trains only what was unfinished).
+KEEP_CHECKPOINT_ENV = "SIIT_KEEP_CHECKPOINT"
+
 IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient}  # I/O only
 
 

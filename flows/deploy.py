@@ -181,7 +181,7 @@ def retrain_flow(
             json.loads(record.read_text()) if "register" in stages and record.exists() else None
         )
         logger.info("dvc repro ran %s", stages or "no stage (nothing changed)")
-        started = training_start(root_path) if "train_siit" in stages else None
+        started = training_start(root_path) if "train" in stages else None
         if started and "fallback" in started:
             logger.warning("training started from scratch: %s", started["fallback"])
         if registered:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -44,7 +45,7 @@ from components.siit.warm_start import (
 )
 from components.tokenizers import TokenMap, embed_texts, validate_token_map
 from components.tokenizers.item_encoder import CONFIG_FILE as ENCODER_CONFIG
-from flows.common import IO, load_dataset_task, scalars, set_threads
+from flows.common import IO, KEEP_CHECKPOINT_ENV, load_dataset_task, scalars, set_threads
 
 Mode = Literal["static", "siit"]
 
@@ -267,7 +268,8 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         for path in (paths.model_report(mode), paths.rounds_csv(mode)):
             tracking.log_artifact(path, "reports")
         tracking.log_artifact(paths.model_dir(mode), "model")
-    ckpt.clear()
+    if not os.environ.get(KEEP_CHECKPOINT_ENV):
+        ckpt.clear()
     return str(paths.model_dir(mode))
 
 

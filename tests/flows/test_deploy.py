@@ -191,8 +191,7 @@ ALL_STAGES = {
     "validate",
     "tokenize",
     "base_model",
-    "train_static",
-    "train_siit",
+    "train",
     "report",
     "register",
 }

@@ -100,8 +100,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
         "validate",
         "tokenize",
         "base_model",
-        "train_static",
-        "train_siit",
+        "train",
         "report",
         "register",
     }
@@ -109,7 +108,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
         stages.index("prepare")
         < stages.index("validate")
         < stages.index("tokenize")
-        < stages.index("train_static")
+        < stages.index("train")
     )
     assert stages.index("report") < stages.index("register") == len(stages) - 1
 
@@ -143,7 +142,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
     params["train"]["lr"] = 0.002
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run([str(BIN / "dvc"), "repro"], root, env)
-    assert set(ran_stages(third.stdout)) == {"train_static", "train_siit", "report", "register"}
+    assert set(ran_stages(third.stdout)) == {"train", "report", "register"}
 
     maps = sorted(p.name for p in (root / "artifacts/token_maps").iterdir())
     assert maps == ["round_000.parquet", "round_001.parquet"]

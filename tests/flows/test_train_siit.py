@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.flows.test_pipeline_dvc import REPO, TINY_PARAMS, _merge, run
+from tests.flows.conftest import copy_prepared
+from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge, run
 
 BIN = Path(sys.executable).parent
 PARAMS = _merge(
@@ -27,15 +28,10 @@ PARAMS = _merge(
 
 @pytest.fixture(scope="module")
 def prepared(
-    tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
+    tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
 ) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("train-siit")
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), PARAMS)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, **prefect_env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    for stage in ("prepare", "validate", "tokenize"):
-        run([str(BIN / "siit"), stage], root, env)
-    return root, env
+    root = tmp_path_factory.mktemp("train-siit") / "project"
+    return root, copy_prepared(tiny_prepared, root, {**os.environ, **prefect_env}, PARAMS)
 
 
 def _train(src: Path, dst: Path, env: dict[str, str]) -> dict:

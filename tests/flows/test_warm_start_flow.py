@@ -120,14 +120,15 @@ def test_an_incompatible_champion_falls_back_to_scratch_and_says_why(tmp_path: P
         resolve(warm)
 
 
-def test_where_training_starts_is_not_a_dvc_param_of_the_training_stages() -> None:
-    """Switching train.start alone (a scheduled run once a champion exists) re-runs nothing;
-    every other training parameter still does."""
+def test_where_and_how_training_runs_is_not_a_dvc_param_of_the_training_stage() -> None:
+    """Switching train.start alone (a scheduled run once a champion exists) or
+    train.concurrent (same results) re-runs nothing; every other training parameter still
+    does."""
     from components.config import TrainConfig
 
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train_siit"]
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
     listed = {p.removeprefix("train.") for p in stage["params"] if p.startswith("train.")}
-    assert listed == set(TrainConfig.model_fields) - {"start", "champion"}
+    assert listed == set(TrainConfig.model_fields) - {"start", "champion", "concurrent"}
     assert "train" not in stage["params"]
 
 

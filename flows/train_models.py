@@ -1,0 +1,185 @@
+"""The `train` stage: the static and the SIIT model, at the same time or one after the other.
+
+The two models are independent (same data, initial map, seed and budget; only the
+refinements differ), so with `train.concurrent` (the default) each trains in its own
+`siit train_<mode>` process on an equal share of the CPU threads. On small models two
+single-threaded processes get more out of two cores than one process with two threads
+(docs/benchmarks.md), and the results are the same bytes either way.
+
+Each model keeps its checkpoint until both are done: a stage killed after one model finished
+re-trains only the other on the next run (the finished one just writes its outputs again).
+When one model fails, the other is stopped at once (it resumes from its last round) and the
+stage fails naming the model; its own error is printed above by its process and the
+traceback is in the log file.
+
+This module imports no torch: the stage process only starts, watches and stops the two.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from components.config import load_params
+from components.paths import Paths
+from flows.common import KEEP_CHECKPOINT_ENV
+
+MODES = ("static", "siit")
+# The command a model's process runs, `{mode}` filled in; default: this interpreter's `siit`.
+# bench/pipeline.py points it at its instrumented worker.
+LAUNCHER_ENV = "SIIT_TRAIN_LAUNCHER"
+STOP_GRACE_S = 60.0
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_command(mode: str, params_file: str) -> list[str]:
+    launcher = os.environ.get(LAUNCHER_ENV)
+    prefix = (
+        shlex.split(launcher.format(mode=mode)) if launcher else [sys.executable, "-m", "flows.cli"]
+    )
+    return [*prefix, "--params", params_file, f"train_{mode}"]
+
+
+def child_env(concurrent: int, threads: int) -> dict[str, str]:
+    """Each process's environment: its share of the CPU threads unless `train.threads` (or
+    the user's OMP_NUM_THREADS) says otherwise; no progress bars fighting over one terminal."""
+    env = {**os.environ, KEEP_CHECKPOINT_ENV: "1"}
+    if concurrent > 1:
+        if not threads and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // concurrent))
+        env.setdefault("SIIT_PROGRESS", "0")
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the stage process dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop(procs: dict[str, subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the processes still running, wait for them, SIGKILL after the grace period."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def _stopped_on_signal(procs: dict[str, subprocess.Popen]) -> Iterator[None]:
+    """SIGTERM to the stage stops its models first (they would otherwise train on, orphaned)."""
+
+    def on_signal(signum, frame) -> None:
+        stop(procs)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_models(
+    modes: tuple[str, ...], params_file: str, root: Path, concurrent: bool, threads: int
+) -> dict[str, float]:
+    """Run `siit train_<mode>` for every mode (at once or in turn); seconds per mode.
+    Raises TrainingFailed naming the first model that failed (the others are stopped)."""
+    seconds: dict[str, float] = {}
+    batches = [modes] if concurrent else [(mode,) for mode in modes]
+    for batch in batches:
+        env = child_env(len(batch), threads)
+        procs: dict[str, subprocess.Popen] = {}
+        started = time.perf_counter()
+        with _stopped_on_signal(procs):
+            try:
+                for mode in batch:
+                    procs[mode] = subprocess.Popen(
+                        child_command(mode, params_file),
+                        cwd=root,
+                        env=env,
+                        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    )
+                failed = _wait_all(procs, started, seconds)
+            except BaseException:
+                stop(procs)
+                raise
+        if failed:
+            mode, code = failed
+            stop(procs)
+            raise TrainingFailed(
+                f"train_{mode} failed (exit {code}); its error is printed above"
+                + (
+                    f", the other model{'s' if len(batch) > 2 else ''} stopped"
+                    if len(batch) > 1
+                    else ""
+                )
+                + ". A re-run resumes every model from its last finished round."
+            )
+    return seconds
+
+
+def _wait_all(
+    procs: dict[str, subprocess.Popen], started: float, seconds: dict[str, float]
+) -> tuple[str, int] | None:
+    """Wait until all processes ended or one failed: (mode, exit code) of the first failure."""
+    running = dict(procs)
+    while running:
+        for mode, proc in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[mode]
+            seconds[mode] = time.perf_counter() - started
+            if code != 0:
+                return mode, code
+        time.sleep(0.2)
+    return None
+
+
+@flow(name="train-models")
+def train_models_flow(params_file: str = "params.yaml", root: str = ".") -> dict[str, float]:
+    """Both models; each keeps its checkpoint until both are done (then they are removed)."""
+    params, paths = load_params(Path(root) / params_file), Paths(Path(root))
+    logger = get_run_logger()
+    concurrent = params.train.concurrent
+    logger.info(
+        "training %s %s",
+        " and ".join(MODES),
+        f"at once ({cpu_count()} CPU threads shared)" if concurrent else "one after the other",
+    )
+    seconds = run_models(MODES, params_file, Path(root), concurrent, params.train.threads)
+    for mode in MODES:
+        shutil.rmtree(paths.checkpoints / mode, ignore_errors=True)
+    logger.info("trained: %s", ", ".join(f"{mode} {seconds[mode]:.1f} s" for mode in MODES))
+    return seconds

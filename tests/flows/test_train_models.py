@@ -1,0 +1,203 @@
+"""The `train` stage (`siit train`): both models at once in two processes give the same bytes
+as one after the other; a model finished before the stage was stopped is not trained again;
+a failing model stops the other and fails the stage; a stopped stage stops its models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.train_models import LAUNCHER_ENV, TrainingFailed, run_models
+from tests.flows.conftest import copy_prepared
+from tests.flows.test_pipeline_dvc import REPO, run
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def prepared(
+    tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
+) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("train-models") / "project"
+    env = {**os.environ, **prefect_env}
+    env.pop("OMP_NUM_THREADS", None)  # the stage shares the threads out itself
+    return root, copy_prepared(tiny_prepared, root, env)
+
+
+def copy_project(src: Path, dst: Path, env: dict[str, str], **train: object) -> dict[str, str]:
+    return copy_prepared(src, dst, env, {"train": train} if train else None)
+
+
+def outcome(root: Path) -> dict[str, object]:
+    """Everything both models produced, timings left out."""
+    out: dict[str, object] = {}
+    for mode in ("static", "siit"):
+        report = json.loads((root / f"reports/models/{mode}.json").read_text())
+        report.pop("train_seconds")
+        for row in report["rounds"]:
+            row.pop("seconds")
+        out[mode] = report
+        out[f"{mode}/recs"] = (
+            root / f"reports/models/{mode}_recommendations_test.parquet"
+        ).read_bytes()
+        weights = sorted((root / f"artifacts/models/{mode}/model").glob("*.safetensors"))
+        out[f"{mode}/weights"] = [p.read_bytes() for p in weights]
+        out[f"{mode}/map"] = (root / f"artifacts/models/{mode}/token_map.parquet").read_bytes()
+    for path in sorted((root / "artifacts/token_maps").glob("*.parquet")):
+        out[path.name] = path.read_bytes()
+    return out
+
+
+def loss_points(root: Path, model: str) -> int:
+    """Training-loss points in MLflow: one per epoch trained, in the model's round runs."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute(
+            "SELECT count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+            "WHERE r.name LIKE ? AND m.key = 'train/loss'",
+            (f"{model}-round-%",),
+        ).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def at_once(
+    prepared: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """`siit train` as the stage runs by default: both models at once."""
+    root, env = prepared
+    folder = tmp_path_factory.mktemp("at-once") / "project"
+    return folder, run([str(BIN / "siit"), "train"], folder, copy_project(root, folder, env))
+
+
+def test_at_once_and_in_turn_give_the_same_models(
+    prepared: tuple[Path, dict[str, str]],
+    at_once: tuple[Path, subprocess.CompletedProcess],
+    tmp_path: Path,
+) -> None:
+    root, env = prepared
+    folder, proc = at_once
+    in_turn = tmp_path / "in-turn"
+    run([str(BIN / "siit"), "train"], in_turn, copy_project(root, in_turn, env, concurrent=False))
+
+    assert outcome(folder) == outcome(in_turn)
+    assert json.loads((folder / "reports/models/siit.json").read_text())["rounds"]
+    assert not any((folder / "artifacts/checkpoints").glob("*/*")), "checkpoints left behind"
+    assert loss_points(folder, "static") > 0 and loss_points(folder, "siit") > 0
+    assert "trained: static" in proc.stderr + proc.stdout
+
+
+def test_a_model_finished_before_the_stage_was_stopped_is_not_trained_again(
+    prepared: tuple[Path, dict[str, str]],
+    at_once: tuple[Path, subprocess.CompletedProcess],
+    tmp_path: Path,
+) -> None:
+    root, env = prepared
+    resumed = tmp_path / "resumed"
+    env_b = copy_project(root, resumed, env)
+    # the stage was stopped after the static model had finished (its checkpoint kept) ...
+    run([str(BIN / "siit"), "train_static"], resumed, {**env_b, "SIIT_KEEP_CHECKPOINT": "1"})
+    assert (resumed / "artifacts/checkpoints/static").is_dir()
+    trained = loss_points(resumed, "static")
+    for out in ("artifacts/models/static", "reports/models"):  # ... and DVC removes outputs
+        shutil.rmtree(resumed / out)
+
+    run([str(BIN / "siit"), "train"], resumed, env_b)
+    assert loss_points(resumed, "static") == trained, "the finished model trained again"
+    assert outcome(resumed) == outcome(at_once[0])
+    assert not any((resumed / "artifacts/checkpoints").glob("*/*"))
+
+
+STAND_IN = textwrap.dedent(
+    """
+    import os, sys, time
+    mode, folder = sys.argv[1], sys.argv[2]
+    open(os.path.join(folder, mode + ".pid"), "w").write(str(os.getpid()))
+    open(os.path.join(folder, mode + ".threads"), "w").write(os.environ.get("OMP_NUM_THREADS", ""))
+    if mode == os.environ.get("FAIL_MODE"):
+        sys.exit(3)
+    time.sleep(float(os.environ.get("SLEEP_S", "120")))
+    """
+)
+
+
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    script = tmp_path / "model.py"
+    script.write_text(STAND_IN)
+    # the stage appends `--params <file> train_<mode>`: the stand-in ignores them
+    monkeypatch.setenv(LAUNCHER_ENV, f"{sys.executable} {script} {{mode}} {tmp_path}")
+    return tmp_path
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie has ended
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_failing_model_stops_the_other_and_fails_the_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = stand_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAIL_MODE", "static")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    start = time.monotonic()
+    with pytest.raises(TrainingFailed, match=r"train_static failed \(exit 3\).*other model"):
+        run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
+    assert time.monotonic() - start < 60  # not the stand-in's 120 s
+    assert not alive(int((folder / "siit.pid").read_text()))
+    # two at once: each got its share of this machine's threads
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert (folder / "siit.threads").read_text() == share
+
+
+def test_in_turn_each_model_keeps_every_thread_and_a_failure_stops_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = stand_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAIL_MODE", "static")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with pytest.raises(TrainingFailed, match=r"train_static failed \(exit 3\)"):
+        run_models(("static", "siit"), "params.yaml", folder, concurrent=False, threads=0)
+    assert (folder / "static.threads").read_text() == ""
+    assert not (folder / "siit.pid").exists()  # never started
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_stage_stops_its_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: signal.Signals
+) -> None:
+    folder = stand_in(tmp_path, monkeypatch)
+    stage = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from pathlib import Path; from flows.train_models import run_models; "
+            f"run_models(('static', 'siit'), 'params.yaml', Path({str(folder)!r}), True, 0)",
+        ],
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 60
+    while not all((folder / f"{m}.pid").exists() for m in ("static", "siit")):
+        assert time.monotonic() < deadline and stage.poll() is None, "the models never started"
+        time.sleep(0.1)
+    pids = [int((folder / f"{m}.pid").read_text()) for m in ("static", "siit")]
+    stage.send_signal(how)
+    stage.wait(timeout=60)
+    deadline = time.monotonic() + 30  # SIGKILL: the kernel's parent-death signal stops them
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids), "a model outlived its stage"
+    if how == signal.SIGTERM:
+        assert stage.returncode == 128 + signal.SIGTERM
