@@ -24,6 +24,10 @@ time splits into (exclusive times, nested calls are not counted twice):
 "outside" = io + tracking + startup + orchestration; the target is under 10 %.
 Wrappers are installed as each module is imported, so a stage imports only what its own
 `siit <stage>` imports.
+The `train` stage's two model processes (flows/train_models.py; at once with
+`train.concurrent`) run instrumented as well: each is a row of its own ("train: static",
+"train: siit"; not added to the total), and the stage's row splits its wall time in the
+proportions of theirs, its own start-up and waiting apart.
 Stages that are not `siit` commands (none in today's dvc.yaml) run uninstrumented; all of
 their time counts as io.
 DVC's own time (hashing, lock file) is not included: stages are run directly.
@@ -268,7 +272,10 @@ def worker(out_file: Path, siit_args: list[str], extra: dict[str, str], started:
     rc = flows.cli.main(siit_args)
     at, timed = flow_start[0] if flow_start else (time.perf_counter(), 0.0)
     seconds = {**profile.seconds, "startup": at - started - timed}
-    out_file.write_text(json.dumps({"seconds": seconds, "started": started, "absent": hook.absent}))
+    ended = time.perf_counter()
+    out_file.write_text(
+        json.dumps({"seconds": seconds, "started": started, "ended": ended, "absent": hook.absent})
+    )
     return rc
 
 
@@ -316,22 +323,62 @@ def prepare_root(args: argparse.Namespace) -> tuple[Path, str]:
     return root, "params.yaml"
 
 
+def _worker_command(out_file: str, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", out_file]
+    return cmd + [f"--time={t}" for t in extra] + ["--"]
+
+
+def _categories(profile: dict, start: float, end: float) -> dict:
+    seconds = {c: float(profile["seconds"].get(c, 0.0)) for c in CATEGORIES}
+    # perf_counter is CLOCK_MONOTONIC, one clock for every process: the interpreter's own start
+    seconds["startup"] += profile["started"] - start
+    seconds["orchestration"] = (end - start) - sum(
+        v for c, v in seconds.items() if c != "orchestration"
+    )
+    return {"wall": end - start, **seconds}
+
+
 def run_stage(root: Path, siit_args: list[str], extra: list[str], env: dict) -> dict:
+    """One stage's row. The `train` stage's model processes (flows/train_models.py) run the
+    instrumented worker too; they become rows of their own ("train: static", ...), and the
+    stage's row splits its wall time in the proportions of theirs (they may run at once)."""
+    from flows.train_models import LAUNCHER_ENV, MODES
+
     with tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "profile.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(out_file)]
-        cmd += [f"--time={t}" for t in extra] + ["--", *siit_args]
+        child = shlex.join(_worker_command(str(Path(tmp) / "{mode}.json"), extra))
+        cmd = _worker_command(str(out_file), extra) + siit_args
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
+        proc = subprocess.run(
+            cmd, cwd=root, env={**env, LAUNCHER_ENV: child}, capture_output=True, text=True
+        )
+        end = time.perf_counter()
         if proc.returncode != 0 or not out_file.exists():
             raise SystemExit(f"siit {' '.join(siit_args)} failed:\n{proc.stderr[-4000:]}")
         profile = json.loads(out_file.read_text())
-    seconds = {c: float(profile["seconds"].get(c, 0.0)) for c in CATEGORIES}
-    # perf_counter is CLOCK_MONOTONIC, one clock for both processes: the interpreter's own start
-    seconds["startup"] += profile["started"] - start
-    seconds["orchestration"] = wall - sum(v for c, v in seconds.items() if c != "orchestration")
-    return {"wall": wall, **seconds, "absent": profile["absent"]}
+        children = {
+            mode: json.loads((Path(tmp) / f"{mode}.json").read_text())
+            for mode in MODES
+            if (Path(tmp) / f"{mode}.json").exists()
+        }
+    row = {**_categories(profile, start, end), "absent": profile["absent"]}
+    if not children:
+        return row
+    # a child's wall: from its interpreter's start (its parent's spawn, about) to its end
+    spawned = min(p["started"] for p in children.values())
+    rows = {m: _categories(p, min(spawned, p["started"]), p["ended"]) for m, p in children.items()}
+    child_total = {c: sum(r[c] for r in rows.values()) for c in ("wall", *CATEGORIES)}
+    own = row["wall"] - (max(p["ended"] for p in children.values()) - spawned)
+    scale = (row["wall"] - own) / child_total["wall"]
+    startup = row["startup"]  # the stage process's own; the rest of its own time orchestrates
+    for c in CATEGORIES:
+        row[c] = child_total[c] * scale
+    row["startup"] += startup
+    row["orchestration"] += own - startup
+    row["children"] = rows
+    absent = set(row["absent"]).intersection(*(p["absent"] for p in children.values()))
+    row["absent"] = sorted(absent)  # instrumented in none of the processes
+    return row
 
 
 def metrics_lines(path: Path) -> str:
@@ -402,10 +449,14 @@ def main() -> int:
             else:
                 row = run_other(root, cmd, env)
             absent.update(row.pop("absent"))
+            children = row.pop("children", {})
             rows[name] = row
+            for mode, child in children.items():  # shown, not added to the total again
+                rows[f"  {name}: {mode}"] = {**child, "child": True}
     finally:
         server.__exit__(None, None, None)
-    rows["total"] = {k: sum(r[k] for r in rows.values()) for k in ("wall", *CATEGORIES)}
+    top = [r for r in rows.values() if not r.get("child")]
+    rows["total"] = {k: sum(r[k] for r in top) for k in ("wall", *CATEGORIES)}
 
     print(
         f"\n{'full' if args.full else 'small synthetic'} parameters ({args.params}), run in "

@@ -216,18 +216,21 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     nested: bool = False,
     run_id: str | None = None,
+    dvc_stage: str | None = None,
+    log_outputs: bool = True,
 ) -> Iterator[Any]:
     """An MLflow run (nested under the active one when `nested`; `run_id` resumes one).
 
     A new top-level run is tagged with its git commit, dirty flag and pipeline execution, and
-    logs the data and token maps of its stage (`tags["stage"]`, read from dvc.yaml) as dataset
-    inputs: those it reads when it starts, the token maps it wrote when it ends.
+    logs the data and token maps of its DVC stage (`dvc_stage`, by default `tags["stage"]`,
+    read from dvc.yaml) as dataset inputs: those it reads when it starts, the token maps it
+    wrote when it ends (unless `log_outputs` is false: a stage's other process wrote them).
     """
     mlflow = _mlflow(cfg)
     if not nested:
         set_experiment(cfg)
         end_runs_of_killed_processes(cfg, keep=run_id)
-    stage = (tags or {}).get("stage")
+    stage = dvc_stage or (tags or {}).get("stage")
     if run_id:
         kwargs: dict[str, Any] = {"run_id": run_id}
     else:
@@ -240,7 +243,7 @@ def start_run(
         if fresh:
             _log_lineage(stage_inputs(stage), "training" if "train" in stage else "input")
         yield run
-        if not nested and stage:
+        if not nested and stage and log_outputs:
             _log_lineage(stage_outputs_used(stage), "training" if "train" in stage else "output")
 
 

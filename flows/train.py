@@ -242,12 +242,14 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         params.tracking,
         mode,
         tags={
-            "stage": f"train_{mode}",
+            "stage": f"train_{mode}",  # its siit command (DVC stage: train)
             "model": mode,
             "train.precision_used": session.trainer.precision,  # what train.precision resolved to
             **start_tags(start),
         },
         run_id=state.mlflow_run_id,
+        dvc_stage="train",  # both models' stage; SIIT's process alone writes its token maps
+        log_outputs=mode == "siit",
     ) as run:
         state.mlflow_run_id = run.info.run_id
         if state.next_round == 0:
