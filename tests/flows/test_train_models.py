@@ -120,9 +120,19 @@ STAND_IN = textwrap.dedent(
     """
     import os, sys, time
     mode, folder = sys.argv[1], sys.argv[2]
-    open(os.path.join(folder, mode + ".pid"), "w").write(str(os.getpid()))
-    open(os.path.join(folder, mode + ".threads"), "w").write(os.environ.get("OMP_NUM_THREADS", ""))
+    def put(name, text):  # whole or not at all: the other side polls for these files
+        with open(os.path.join(folder, name + ".tmp"), "w") as fh:
+            fh.write(text)
+        os.replace(os.path.join(folder, name + ".tmp"), os.path.join(folder, name))
+    put(mode + ".pid", str(os.getpid()))
+    put(mode + ".threads", os.environ.get("OMP_NUM_THREADS", ""))
     if mode == os.environ.get("FAIL_MODE"):
+        after = os.environ.get("FAIL_AFTER")  # fail once that model has started (no race)
+        deadline = time.monotonic() + 60
+        while after and not os.path.exists(os.path.join(folder, after + ".threads")):
+            if time.monotonic() > deadline:
+                sys.exit(4)
+            time.sleep(0.05)
         sys.exit(3)
     time.sleep(float(os.environ.get("SLEEP_S", "120")))
     """
@@ -151,6 +161,7 @@ def test_a_failing_model_stops_the_other_and_fails_the_stage(
 ) -> None:
     folder = stand_in(tmp_path, monkeypatch)
     monkeypatch.setenv("FAIL_MODE", "static")
+    monkeypatch.setenv("FAIL_AFTER", "siit")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     start = time.monotonic()
     with pytest.raises(TrainingFailed, match=r"train_static failed \(exit 3\).*other model"):
