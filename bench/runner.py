@@ -45,16 +45,9 @@ _children: set[subprocess.Popen] = set()  # the `siit` processes running now
 def _stop_children(grace_s: float = 60) -> None:
     """SIGTERM every running `siit` process and wait for them (SIGKILL after `grace_s`): the
     Prefect server must outlive them, or they retry reporting their end to it for minutes."""
-    running = [proc for proc in list(_children) if proc.poll() is None]
-    for proc in running:
-        proc.terminate()
-    deadline = time.monotonic() + grace_s
-    for proc in running:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from flows.server import stop_processes
+
+    stop_processes(list(_children), grace_s)
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -132,6 +132,20 @@ def run_with_server(command: list[str], home: Path) -> int:
             code = child.wait()
             _wait_for_group(child.pid)  # a stage a signalled dvc left behind ends first
     return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM the processes still running and wait for them, SIGKILL after `grace_s`."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 _OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}

@@ -33,6 +33,7 @@ from prefect import flow, get_run_logger
 from components.config import load_params
 from components.paths import Paths
 from flows.common import KEEP_CHECKPOINT_ENV
+from flows.server import stop_processes
 
 MODES = ("static", "siit")
 # The command a model's process runs, `{mode}` filled in; default: this interpreter's `siit`.
@@ -81,26 +82,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def stop(procs: dict[str, subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the processes still running, wait for them, SIGKILL after the grace period."""
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + grace_s
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def _stopped_on_signal(procs: dict[str, subprocess.Popen]) -> Iterator[None]:
     """SIGTERM to the stage stops its models first (they would otherwise train on, orphaned)."""
 
     def on_signal(signum, frame) -> None:
-        stop(procs)
+        stop_processes(procs.values(), STOP_GRACE_S)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_signal)
@@ -132,19 +119,15 @@ def run_models(
                     )
                 failed = _wait_all(procs, started, seconds)
             except BaseException:
-                stop(procs)
+                stop_processes(procs.values(), STOP_GRACE_S)
                 raise
         if failed:
             mode, code = failed
-            stop(procs)
+            stop_processes(procs.values(), STOP_GRACE_S)
+            others = ", the other model stopped" if len(batch) > 1 else ""
             raise TrainingFailed(
-                f"train_{mode} failed (exit {code}); its error is printed above"
-                + (
-                    f", the other model{'s' if len(batch) > 2 else ''} stopped"
-                    if len(batch) > 1
-                    else ""
-                )
-                + ". A re-run resumes every model from its last finished round."
+                f"train_{mode} failed (exit {code}); its error is printed above{others}. "
+                "A re-run resumes every model from its last finished round."
             )
     return seconds
 
