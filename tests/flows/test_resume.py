@@ -49,8 +49,15 @@ def test_killed_run_resumes_and_matches(
     root, env = prepared
     straight_dir = tmp_path / "straight"
     env_a = copy_inputs(root, straight_dir, env)
-    run([str(BIN / "siit"), "train_siit"], straight_dir, env_a)
-    expected = json.loads((straight_dir / "reports/models/siit.json").read_text())
+    # the uninterrupted run trains meanwhile (same thread settings: the same results)
+    straight = subprocess.Popen(
+        [str(BIN / "siit"), "train_siit"],
+        cwd=straight_dir,
+        env=env_a,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     killed_dir = tmp_path / "killed"
     env_b = copy_inputs(root, killed_dir, env)
@@ -75,6 +82,9 @@ def test_killed_run_resumes_and_matches(
     assert interrupted_at in (1, 2)
 
     resumed = run([str(BIN / "siit"), "train_siit"], killed_dir, env_b)
+    output, _ = straight.communicate(timeout=600)
+    assert straight.returncode == 0, output[-5000:]
+    expected = json.loads((straight_dir / "reports/models/siit.json").read_text())
     assert f"resuming siit at round {interrupted_at}" in resumed.stdout + resumed.stderr
     got = json.loads((killed_dir / "reports/models/siit.json").read_text())
     assert comparable(got) == comparable(expected)
