@@ -228,6 +228,13 @@ class SiitConfig(Strict):
     )
     context_weight: float = Field(0.5, ge=0, le=1, description="weight of context when mixed")
     contexts_per_item: int = Field(4, ge=1, description="training histories scored per item")
+    background_contexts: int = Field(
+        0,
+        ge=0,
+        description="context/mixed: subtract the mean log-probability over this many random "
+        "training histories (pointwise mutual information: what an item's histories predict "
+        "more than any history does, not the popular items' identifiers); 0 = off",
+    )
     fixed_levels: int = Field(
         0, ge=0, description="leading identifier levels kept from the current map"
     )

@@ -34,7 +34,7 @@ from components.model.session import TrainingSession, evaluate_model
 from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
 from components.siit.fingerprint import combine, run_fingerprints
-from components.siit.refine import refine_identifiers, training_contexts
+from components.siit.refine import background_histories, refine_identifiers, training_contexts
 from components.siit.warm_start import (
     ITEM_ENCODER_DIR,
     RECORD_FILE,
@@ -154,14 +154,15 @@ def refine_task(
     session: TrainingSession, params: Params, round_index: int
 ) -> tuple[np.ndarray, dict]:
     seed = params.train.seed * 100 + round_index
-    contexts = None
+    contexts = background = None
     if params.siit.signal != "text":
+        train = session.dataset.train_sequences()
+        max_history = session.dataset.max_history
         contexts = training_contexts(
-            session.dataset.train_sequences(),
-            session.dataset.n_items,
-            session.dataset.max_history,
-            params.siit.contexts_per_item,
-            seed=seed,
+            train, session.dataset.n_items, max_history, params.siit.contexts_per_item, seed=seed
+        )
+        background = background_histories(
+            train, max_history, params.siit.background_contexts, seed=seed + 1
         )
     return refine_identifiers(
         session.rec,
@@ -170,6 +171,7 @@ def refine_task(
         params.siit,
         seed=seed,
         contexts=contexts,
+        background=background,
     )
 
 

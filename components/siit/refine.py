@@ -6,6 +6,12 @@ Signals (`siit.signal`):
   log-probability as the next item over up to `contexts_per_item` of them (the model's
   collaborative view; hard-EM on the map). Items with no training occurrence use text;
 - mixed: `context_weight` x context + (1 - context_weight) x text.
+With `background_contexts` > 0 the context score becomes pointwise mutual information: the
+mean log-probability over the item's histories minus the mean over that many random training
+histories (the same ones for every item). Without it, every history predicts the popular
+items' identifiers first, so most items' favourite identifiers collide and the assignment
+gives back the current map; with it, an item's score says what its own histories predict
+more than any history does.
 The search may produce any well-formed identifier (any code at each level, the first
 `fixed_levels` codes kept), not only existing ones. A load-aware penalty steers it away
 from codes that are already over-used (diversity), and the assignment step keeps
@@ -73,15 +79,35 @@ def training_contexts(
     return out
 
 
+def background_histories(
+    train_sequences: list[np.ndarray], max_history: int, count: int, seed: int
+) -> list[np.ndarray]:
+    """`count` training histories drawn uniformly over all training next-item positions (the
+    data's own mix of users and items): the reference the context score is measured against."""
+    positions = [(u, p) for u, seq in enumerate(train_sequences) for p in range(1, len(seq))]
+    if not positions or count == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(positions), min(count, len(positions)), replace=False)
+    out = []
+    for k in np.sort(picked):
+        u, p = positions[k]
+        out.append(np.asarray(train_sequences[u][max(0, p - max_history) : p], dtype=np.int64))
+    return out
+
+
 def _scoring_rows(
     items: np.ndarray,
     builder: PromptBuilder,
     texts: list[str],
     contexts: list[list[np.ndarray]] | None,
     cfg: SiitConfig,
+    background: list[np.ndarray] | None = None,
 ) -> tuple[list[list[int]], list[int], list[float]]:
-    """Prompts, their group (position of the item in `items`) and weights for one batch."""
+    """Prompts, their group (position of the item in `items`) and weights for one batch. An
+    item's background histories carry minus its context weight, spread over them."""
     prompts, groups, weights = [], [], []
+    background_prompts = [builder.seqrec_prompt(h) for h in background or []]
     for g, item in enumerate(items):
         ctx = contexts[item] if contexts is not None and cfg.signal != "text" else []
         text_w = 1.0 if not ctx else (1.0 - cfg.context_weight if cfg.signal == "mixed" else 0.0)
@@ -94,6 +120,11 @@ def _scoring_rows(
             prompts.append(builder.seqrec_prompt(history))
             groups.append(g)
             weights.append(ctx_w)
+        if ctx and background_prompts:
+            for prompt in background_prompts:
+                prompts.append(prompt)
+                groups.append(g)
+                weights.append(-(1.0 - text_w) / len(background_prompts))
     return prompts, groups, weights
 
 
@@ -105,11 +136,13 @@ def propose_identifiers(
     cfg: SiitConfig,
     seed: int,
     contexts: list[list[np.ndarray]] | None = None,
+    background: list[np.ndarray] | None = None,
 ) -> Candidates:
     """Top-B identifiers per item by the configured signal, with a load-aware diversity penalty.
 
     contexts: per item, its training histories (`training_contexts`); needed by the context
-    and mixed signals.
+    and mixed signals. background: random training histories (`background_histories`) whose
+    mean log-probability is subtracted from the context score (`siit.background_contexts`).
     """
     if cfg.signal != "text" and contexts is None:
         raise ValueError(f"siit.signal={cfg.signal!r} needs the items' training contexts")
@@ -128,7 +161,7 @@ def propose_identifiers(
     pad = rec.tokenizer.pad_token_id or 0
     for start in progress(range(0, n, cfg.batch_size), desc="refine", unit="batch"):
         rows = order[start : start + cfg.batch_size]
-        prompts, groups, weights = _scoring_rows(rows, builder, texts, contexts, cfg)
+        prompts, groups, weights = _scoring_rows(rows, builder, texts, contexts, cfg, background)
         groups_t = torch.tensor(groups)
         weights_t = torch.tensor(weights, dtype=torch.float32)
         bias = [torch.from_numpy(load_penalty(u, start, cfg.diversity)) for u in usage]
@@ -167,9 +200,10 @@ def refine_identifiers(
     cfg: SiitConfig,
     seed: int,
     contexts: list[list[np.ndarray]] | None = None,
+    background: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The next round's codes and the statistics of the change."""
-    cand = propose_identifiers(rec, texts, current, cfg, seed, contexts)
+    cand = propose_identifiers(rec, texts, current, cfg, seed, contexts, background)
     new = assign_identifiers(
         current,
         cand.codes,

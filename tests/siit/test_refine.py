@@ -11,6 +11,7 @@ import torch
 from components.config import ModelConfig, SiitConfig
 from components.model.recommender import GenerativeRecommender
 from components.siit.refine import (
+    background_histories,
     load_penalty,
     propose_identifiers,
     refine_identifiers,
@@ -87,10 +88,18 @@ class _Rows:
 
 class _NextIdentifierOfPrevious(torch.nn.Module):
     """A causal LM whose predictions are known: after the identifier of item j it writes the
-    identifier `table[j]` (log-probability ~0 per code), whatever came before."""
+    identifier `table[j]` (log-probability ~0 per code), whatever came before. With `popular`,
+    every history prefers that identifier (logit 21 against 20 per code): a popular item."""
 
-    def __init__(self, rec: GenerativeRecommender, codes: np.ndarray, table: np.ndarray) -> None:
+    def __init__(
+        self,
+        rec: GenerativeRecommender,
+        codes: np.ndarray,
+        table: np.ndarray,
+        popular: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
+        self.popular = popular
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.vocab = len(rec.tokenizer)
         self.level_of = {
@@ -121,6 +130,8 @@ class _NextIdentifierOfPrevious(torch.nn.Module):
         if item is None or end - levels + 1 < 0:
             return out
         out[self.code_ids[m][int(self.table[item][m])]] = 20.0
+        if self.popular is not None:
+            out[self.code_ids[m][int(self.popular[m])]] = 21.0
         return out
 
     def forward(
@@ -190,3 +201,49 @@ def test_training_contexts_use_the_most_recent_history_and_at_most_per_item() ->
     assert {tuple(c) for c in contexts[1]} <= {(0,), (2, 3), (4,), (2,)}
     assert contexts[0] == []
     assert [c.tolist() for c in contexts[3]] == [[1, 2]]
+
+
+def test_background_histories_remove_what_every_history_predicts(
+    rec: GenerativeRecommender,
+) -> None:
+    """Every history prefers one popular identifier; the item's own histories also predict its
+    desired identifier. The plain context score gives everyone the popular one (a collision the
+    assignment resolves by keeping the current map); measured against background histories
+    (pointwise mutual information), each item gets what its own histories predict."""
+    current = current_codes()
+    flat = np.random.default_rng(1).choice(64, 25, replace=False)
+    desired = np.stack([flat // 16, (flat // 4) % 4, flat % 4], axis=1)
+    popular, desired = desired[24], desired[:24]
+    table = desired[(np.arange(24) + 1) % 24]
+    toy = GenerativeRecommender(
+        _NextIdentifierOfPrevious(rec, current, table, popular=popular), rec.tokenizer, SIZES
+    )
+    train = [np.array([k, (k + 1) % 24]) for k in range(24)]
+    contexts = training_contexts(train, 24, max_history=5, per_item=4, seed=0)
+    cfg = SiitConfig(signal="context", diversity=0.0, candidates=3, beam_size=4, batch_size=5)
+
+    plain, stats = refine_identifiers(toy, texts(), current, cfg, seed=0, contexts=contexts)
+    assert stats["collision_rate_before"] == 1.0  # every item's favourite: the popular one
+    assert (plain != desired).any(axis=1).sum() >= 23
+
+    background = background_histories(train, max_history=5, count=6, seed=0)
+    assert len(background) == 6 and all(len(h) == 1 for h in background)
+    again = background_histories(train, max_history=5, count=6, seed=0)
+    assert [h.tolist() for h in again] == [h.tolist() for h in background]  # seeded
+    cfg = cfg.model_copy(update={"background_contexts": 6})
+    new, stats = refine_identifiers(
+        toy, texts(), current, cfg, seed=0, contexts=contexts, background=background
+    )
+    assert (new == desired).all()
+    assert stats["collision_rate_before"] == 0.0
+    # the score is log p(z | own histories) - mean log p(z | background): its current score too
+    cand = propose_identifiers(toy, texts(), current, cfg, 0, contexts, background)
+    assert (cand.scores[:, 0] > 10).all()  # the background gives the desired codes ~e^-20 each
+
+
+def test_background_histories_cover_training_positions_only() -> None:
+    train = [np.array([0, 1, 2, 3]), np.array([4]), np.array([5, 6])]
+    drawn = background_histories(train, max_history=2, count=10, seed=3)
+    assert len(drawn) == 4  # every (user, next-item position) once: 3 + 0 + 1
+    assert {tuple(h) for h in drawn} == {(0,), (0, 1), (1, 2), (5,)}
+    assert background_histories(train, max_history=2, count=0, seed=3) == []
