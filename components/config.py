@@ -235,6 +235,13 @@ class SiitConfig(Strict):
         "training histories (pointwise mutual information: what an item's histories predict "
         "more than any history does, not the popular items' identifiers); 0 = off",
     )
+    background_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="how much of the background is subtracted: 1 = pointwise mutual information "
+        "(favours identifiers no history predicts), 0 = none (favours popular ones)",
+    )
     fixed_levels: int = Field(
         0, ge=0, description="leading identifier levels kept from the current map"
     )

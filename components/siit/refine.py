@@ -7,8 +7,8 @@ Signals (`siit.signal`):
   collaborative view; hard-EM on the map). Items with no training occurrence use text;
 - mixed: `context_weight` x context + (1 - context_weight) x text.
 With `background_contexts` > 0 the context score becomes pointwise mutual information: the
-mean log-probability over the item's histories minus the mean over that many random training
-histories (the same ones for every item). Without it, every history predicts the popular
+mean log-probability over the item's histories minus `background_weight` x the mean over that
+many random training histories (the same ones for every item). Without it, every history predicts the popular
 items' identifiers first, so most items' favourite identifiers collide and the assignment
 gives back the current map; with it, an item's score says what its own histories predict
 more than any history does.
@@ -105,7 +105,8 @@ def _scoring_rows(
     background: list[np.ndarray] | None = None,
 ) -> tuple[list[list[int]], list[int], list[float]]:
     """Prompts, their group (position of the item in `items`) and weights for one batch. An
-    item's background histories carry minus its context weight, spread over them."""
+    item's background histories carry minus `background_weight` x its context weight, spread
+    over them."""
     prompts, groups, weights = [], [], []
     background_prompts = [builder.seqrec_prompt(h) for h in background or []]
     for g, item in enumerate(items):
@@ -124,7 +125,7 @@ def _scoring_rows(
             for prompt in background_prompts:
                 prompts.append(prompt)
                 groups.append(g)
-                weights.append(-(1.0 - text_w) / len(background_prompts))
+                weights.append(-cfg.background_weight * (1.0 - text_w) / len(background_prompts))
     return prompts, groups, weights
 
 

@@ -239,6 +239,12 @@ def test_background_histories_remove_what_every_history_predicts(
     # the score is log p(z | own histories) - mean log p(z | background): its current score too
     cand = propose_identifiers(toy, texts(), current, cfg, 0, contexts, background)
     assert (cand.scores[:, 0] > 10).all()  # the background gives the desired codes ~e^-20 each
+    # background_weight 0 subtracts nothing: the plain context score again
+    cfg = cfg.model_copy(update={"background_weight": 0.0})
+    unweighted = propose_identifiers(toy, texts(), current, cfg, 0, contexts, background)
+    plain_cand = propose_identifiers(toy, texts(), current, cfg, 0, contexts)
+    np.testing.assert_allclose(unweighted.scores, plain_cand.scores, atol=1e-5)
+    assert (unweighted.codes == plain_cand.codes).all()
 
 
 def test_background_histories_cover_training_positions_only() -> None:
