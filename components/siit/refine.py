@@ -7,11 +7,11 @@ Signals (`siit.signal`):
   collaborative view; hard-EM on the map). Items with no training occurrence use text;
 - mixed: `context_weight` x context + (1 - context_weight) x text.
 With `background_contexts` > 0 the context score becomes pointwise mutual information: the
-mean log-probability over the item's histories minus `background_weight` x the mean over that
-many random training histories (the same ones for every item). Without it, every history predicts the popular
-items' identifiers first, so most items' favourite identifiers collide and the assignment
-gives back the current map; with it, an item's score says what its own histories predict
-more than any history does.
+mean log-probability over the item's histories minus `background_weight` x the mean over
+that many random training histories (the same ones for every item). Without it, every history
+predicts the popular items' identifiers first, so most items' favourite identifiers collide
+and the assignment gives back the current map; with it, an item's score says what its own
+histories predict more than any history does.
 The search may produce any well-formed identifier (any code at each level, the first
 `fixed_levels` codes kept), not only existing ones. A load-aware penalty steers it away
 from codes that are already over-used (diversity), and the assignment step keeps
@@ -50,32 +50,44 @@ def load_penalty(usage: np.ndarray, assigned: int, strength: float) -> np.ndarra
     return (-strength * np.log1p(usage / expected)).astype(np.float32)
 
 
+def _next_item_positions(
+    train_sequences: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every training next-item position, user by user: (user, position, target) arrays."""
+    empty = np.zeros(0, dtype=np.int64)  # so that no training position gives empty arrays
+    users, positions, targets = [empty], [empty], [empty]
+    for u, seq in enumerate(train_sequences):
+        if len(seq) > 1:
+            users.append(np.full(len(seq) - 1, u))
+            positions.append(np.arange(1, len(seq)))
+            targets.append(np.asarray(seq[1:], dtype=np.int64))
+    return tuple(map(np.concatenate, (users, positions, targets)))
+
+
+def _history(seq: np.ndarray, position: int, max_history: int) -> np.ndarray:
+    """The at most `max_history` items before `position`, the most recent last."""
+    return np.asarray(seq[max(0, position - max_history) : position], dtype=np.int64)
+
+
 def training_contexts(
     train_sequences: list[np.ndarray], n_items: int, max_history: int, per_item: int, seed: int
 ) -> list[list[np.ndarray]]:
     """For every item, up to `per_item` training histories (at most `max_history` items, the
     most recent last) whose next item it is, sampled without replacement. Training split only:
     the sequences passed in must not hold validation or test targets."""
-    users, positions, targets = [], [], []
-    for u, seq in enumerate(train_sequences):
-        if len(seq) > 1:
-            users.append(np.full(len(seq) - 1, u))
-            positions.append(np.arange(1, len(seq)))
-            targets.append(np.asarray(seq[1:], dtype=np.int64))
+    users, positions, targets = _next_item_positions(train_sequences)
     out: list[list[np.ndarray]] = [[] for _ in range(n_items)]
-    if not targets:
+    if not len(targets):
         return out
-    users_a, pos_a, tgt_a = map(np.concatenate, (users, positions, targets))
-    order = np.argsort(tgt_a, kind="stable")
-    bounds = np.searchsorted(tgt_a[order], np.arange(n_items + 1))
+    order = np.argsort(targets, kind="stable")
+    bounds = np.searchsorted(targets[order], np.arange(n_items + 1))
     rng = np.random.default_rng(seed)
     for item in range(n_items):
         occ = order[bounds[item] : bounds[item + 1]]
         if len(occ) > per_item:
             occ = np.sort(rng.choice(occ, per_item, replace=False))
         for o in occ:
-            seq, p = train_sequences[users_a[o]], pos_a[o]
-            out[item].append(np.asarray(seq[max(0, p - max_history) : p], dtype=np.int64))
+            out[item].append(_history(train_sequences[users[o]], positions[o], max_history))
     return out
 
 
@@ -84,16 +96,12 @@ def background_histories(
 ) -> list[np.ndarray]:
     """`count` training histories drawn uniformly over all training next-item positions (the
     data's own mix of users and items): the reference the context score is measured against."""
-    positions = [(u, p) for u, seq in enumerate(train_sequences) for p in range(1, len(seq))]
-    if not positions or count == 0:
+    users, positions, _ = _next_item_positions(train_sequences)
+    if not len(positions) or count == 0:
         return []
     rng = np.random.default_rng(seed)
-    picked = rng.choice(len(positions), min(count, len(positions)), replace=False)
-    out = []
-    for k in np.sort(picked):
-        u, p = positions[k]
-        out.append(np.asarray(train_sequences[u][max(0, p - max_history) : p], dtype=np.int64))
-    return out
+    picked = np.sort(rng.choice(len(positions), min(count, len(positions)), replace=False))
+    return [_history(train_sequences[users[k]], positions[k], max_history) for k in picked]
 
 
 def _scoring_rows(
@@ -122,10 +130,10 @@ def _scoring_rows(
             groups.append(g)
             weights.append(ctx_w)
         if ctx and background_prompts:
-            for prompt in background_prompts:
-                prompts.append(prompt)
-                groups.append(g)
-                weights.append(-cfg.background_weight * (1.0 - text_w) / len(background_prompts))
+            bg_w = -cfg.background_weight * (1.0 - text_w) / len(background_prompts)
+            prompts += background_prompts
+            groups += [g] * len(background_prompts)
+            weights += [bg_w] * len(background_prompts)
     return prompts, groups, weights
 
 

@@ -33,6 +33,10 @@ def copy_inputs(src: Path, dst: Path, env: dict[str, str]) -> dict[str, str]:
     return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}"}
 
 
+def start_train_siit(cwd: Path, env: dict[str, str], **popen) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "siit"), "train_siit"], cwd=cwd, env=env, **popen)
+
+
 def comparable(report: dict) -> dict:
     rounds = [{k: v for k, v in r.items() if k != "seconds"} for r in report["rounds"]]
     return {
@@ -50,22 +54,16 @@ def test_killed_run_resumes_and_matches(
     straight_dir = tmp_path / "straight"
     env_a = copy_inputs(root, straight_dir, env)
     # the uninterrupted run trains meanwhile (same thread settings: the same results)
-    straight = subprocess.Popen(
-        [str(BIN / "siit"), "train_siit"],
-        cwd=straight_dir,
-        env=env_a,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    straight = start_train_siit(
+        straight_dir, env_a, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
     killed_dir = tmp_path / "killed"
     env_b = copy_inputs(root, killed_dir, env)
     state_file = killed_dir / "artifacts/checkpoints/siit/state.json"
-    proc = subprocess.Popen(
-        [str(BIN / "siit"), "train_siit"],
-        cwd=killed_dir,
-        env=env_b,
+    proc = start_train_siit(
+        killed_dir,
+        env_b,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
