@@ -185,6 +185,13 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     tasks: TaskWeights = TaskWeights()
+    window_stride: int = Field(
+        0,
+        ge=0,
+        description="seqrec windows: targets trained per window after the first (each sees at "
+        "most data.max_history items); 0 = about half a history (a target costs ~2 items of "
+        "forward pass), data.max_history = windows overlapping by one item (~1)",
+    )
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
     concurrent: bool = Field(
@@ -316,6 +323,12 @@ class Params(Strict):
             raise ValueError(
                 f"siit.fixed_levels ({self.siit.fixed_levels}) must be below tokenize.levels "
                 f"({self.tokenize.levels}): at least one level must be free to change"
+            )
+        if self.train.window_stride > self.data.max_history:
+            raise ValueError(
+                f"train.window_stride ({self.train.window_stride}) must be at most "
+                f"data.max_history ({self.data.max_history}): no target may see more history "
+                "than evaluation gives it, nor be skipped"
             )
         return self
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -184,15 +185,31 @@ def end_runs_of_killed_processes(cfg: TrackingConfig, keep: str | None = None) -
     return ended
 
 
-def set_experiment(cfg: TrackingConfig):
-    """The project's experiment, created if needed and marked as model training."""
+def set_experiment(cfg: TrackingConfig, attempts: int = 5):
+    """The project's experiment, created if needed and marked as model training.
+
+    Processes starting together on a new store (the `train` stage's two models) may both
+    create the experiment or its tag; the one that loses the race (a unique-constraint error)
+    finds the other's on its next attempt."""
     mlflow = _mlflow(cfg)
-    experiment = mlflow.set_experiment(cfg.experiment)
-    if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        mlflow.MlflowClient().set_experiment_tag(
-            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-        )
-    return experiment
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            experiment = mlflow.set_experiment(cfg.experiment)
+            if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                mlflow.MlflowClient().set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                )
+            return experiment
+        except MlflowException as err:
+            lost_race = (
+                "UNIQUE constraint" in str(err) or err.error_code == "RESOURCE_ALREADY_EXISTS"
+            )
+            if not lost_race or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def ui_link(cfg: TrackingConfig, base: str = "http://127.0.0.1:5000") -> str:

@@ -43,6 +43,7 @@ from components.siit.warm_start import (
     load_warm_start,
     warm_start_record,
 )
+from components.thread_share import ThreadShare
 from components.tokenizers import TokenMap, embed_texts, validate_token_map
 from components.tokenizers.item_encoder import CONFIG_FILE as ENCODER_CONFIG
 from flows.common import IO, KEEP_CHECKPOINT_ENV, load_dataset_task, scalars, set_threads
@@ -232,6 +233,8 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     session = build_session_task(
         dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg
     )
+    share = ThreadShare.from_env()  # the `train` stage hands over the other model's threads
+    session.on_step = lambda: _follow_share(share)
     maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
     state = state or RunState(fingerprint=fingerprint, parts=parts)
     if not main:
@@ -264,6 +267,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
                 mode, r, round_epochs, session, params, state, ckpt, maps, initial
             )
             distributed.broadcast_object(session.codes)  # the other ranks' map (torchrun)
+        _follow_share(share)
         report = _finish(
             mode, params, paths, dataset, initial, ckpt, state, maps, start, encoder_dir
         )
@@ -275,6 +279,12 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     if not os.environ.get(KEEP_CHECKPOINT_ENV):
         ckpt.clear()
     return str(paths.model_dir(mode))
+
+
+def _follow_share(share: ThreadShare) -> None:
+    threads = share.poll()
+    if threads:
+        get_run_logger().info("the other model finished: now on %d CPU threads", threads)
 
 
 def _follow_rounds(session: TrainingSession, state: RunState, round_epochs: list[int]) -> None:
@@ -335,6 +345,7 @@ def round_task(
         row, best = _train_round(session, r, round_epochs[r], state, params, logger)
         if mode == "siit" and not last and not state.converged:
             loss_old = seqrec_loss_task(session)
+            session.step()
             new_codes, stats = refine_task(session, params, r)
             session.set_codes(new_codes)
             valid_new, _ = evaluate_task(session, "valid")

@@ -4,7 +4,8 @@ The two models are independent (same data, initial map, seed and budget; only th
 refinements differ), so with `train.concurrent` (the default) each trains in its own
 `siit train_<mode>` process on an equal share of the CPU threads. On small models two
 single-threaded processes get more out of two cores than one process with two threads
-(docs/benchmarks.md), and the results are the same bytes either way.
+(docs/benchmarks.md), and the results are the same bytes either way. When one model finishes,
+the other takes over its threads (components.thread_share).
 
 Each model keeps its checkpoint until both are done: a stage killed after one model finished
 re-trains only the other on the next run (the finished one just writes its outputs again).
@@ -23,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ from prefect import flow, get_run_logger
 
 from components.config import load_params
 from components.paths import Paths
+from components.thread_share import SHARE_ENV, write_share
 from flows.common import KEEP_CHECKPOINT_ENV
 from flows.server import stop_processes
 
@@ -61,13 +64,22 @@ def child_command(mode: str, params_file: str) -> list[str]:
     return [*prefix, "--params", params_file, f"train_{mode}"]
 
 
-def child_env(concurrent: int, threads: int) -> dict[str, str]:
+def shares_threads(concurrent: int, threads: int) -> bool:
+    """Whether the stage splits the CPU threads itself (neither `train.threads` nor the user's
+    OMP_NUM_THREADS fixes them): then it also hands a finished model's threads on."""
+    return concurrent > 1 and not threads and "OMP_NUM_THREADS" not in os.environ
+
+
+def child_env(concurrent: int, threads: int, share_file: Path | None = None) -> dict[str, str]:
     """Each process's environment: its share of the CPU threads unless `train.threads` (or
-    the user's OMP_NUM_THREADS) says otherwise; no progress bars fighting over one terminal."""
+    the user's OMP_NUM_THREADS) says otherwise, and the file that hands a finished model's
+    threads on; no progress bars fighting over one terminal."""
     env = {**os.environ, KEEP_CHECKPOINT_ENV: "1"}
     if concurrent > 1:
-        if not threads and "OMP_NUM_THREADS" not in os.environ:
+        if shares_threads(concurrent, threads):
             env["OMP_NUM_THREADS"] = str(max(1, cpu_count() // concurrent))
+            if share_file is not None:
+                env[SHARE_ENV] = str(share_file)
         env.setdefault("SIIT_PROGRESS", "0")
     return env
 
@@ -105,10 +117,11 @@ def run_models(
     seconds: dict[str, float] = {}
     batches = [modes] if concurrent else [(mode,) for mode in modes]
     for batch in batches:
-        env = child_env(len(batch), threads)
         procs: dict[str, subprocess.Popen] = {}
         started = time.perf_counter()
-        with _stopped_on_signal(procs):
+        with _stopped_on_signal(procs), tempfile.TemporaryDirectory(prefix="siit-threads-") as tmp:
+            share = Path(tmp) / "threads" if shares_threads(len(batch), threads) else None
+            env = child_env(len(batch), threads, share)
             try:
                 for mode in batch:
                     procs[mode] = subprocess.Popen(
@@ -117,7 +130,7 @@ def run_models(
                         env=env,
                         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     )
-                failed = _wait_all(procs, started, seconds)
+                failed = _wait_all(procs, started, seconds, share)
             except BaseException:
                 stop_processes(procs.values(), STOP_GRACE_S)
                 raise
@@ -133,9 +146,13 @@ def run_models(
 
 
 def _wait_all(
-    procs: dict[str, subprocess.Popen], started: float, seconds: dict[str, float]
+    procs: dict[str, subprocess.Popen],
+    started: float,
+    seconds: dict[str, float],
+    share: Path | None = None,
 ) -> tuple[str, int] | None:
-    """Wait until all processes ended or one failed: (mode, exit code) of the first failure."""
+    """Wait until all processes ended or one failed: (mode, exit code) of the first failure.
+    share: when a model finishes, the CPU threads are shared anew among those still training."""
     running = dict(procs)
     while running:
         for mode, proc in list(running.items()):
@@ -146,6 +163,8 @@ def _wait_all(
             seconds[mode] = time.perf_counter() - started
             if code != 0:
                 return mode, code
+            if share is not None and running:
+                write_share(share, max(1, cpu_count() // len(running)))
         time.sleep(0.2)
     return None
 

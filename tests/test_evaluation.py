@@ -55,13 +55,17 @@ class _Ids:
         return {"input_ids": []}
 
 
+@pytest.mark.parametrize("stride", [0, 1, "max"])
 @pytest.mark.parametrize("max_history", [1, 2, 5, 20])
-def test_every_training_target_once_with_at_most_max_history_context(max_history: int) -> None:
+def test_every_training_target_once_with_at_most_max_history_context(
+    max_history: int, stride
+) -> None:
+    stride = max_history if stride == "max" else stride
     rng = np.random.default_rng(max_history)
     sequences = [rng.integers(0, 50, size=n) for n in (2, 3, 7, 21, 22, 60, 101)]
     tokens = np.arange(50)[:, None] + 1  # one-level identifiers: item i is token i + 1
-    examples = seqrec_examples(PromptBuilder(_Ids(), tokens), sequences, max_history)
-    seen_targets = []
+    examples = seqrec_examples(PromptBuilder(_Ids(), tokens), sequences, max_history, stride=stride)
+    seen_targets, contexts = [], []
     for ex in examples:
         labelled = [i for i, label in enumerate(ex.labels) if label != IGNORE]
         assert len(ex.input_ids) <= max_history + 1
@@ -69,11 +73,35 @@ def test_every_training_target_once_with_at_most_max_history_context(max_history
             context = pos  # items before the target in this window
             assert 1 <= context <= max_history
             seen_targets.append(ex.labels[pos] - 1)
+            contexts.append(context)
     expected = [int(x) for s in sequences for x in s[1:]]
     assert sorted(seen_targets) == sorted(expected)
-    # long sequences: later targets get at least half a history of context
-    long_windows = [ex for ex in examples if ex.labels[0] == IGNORE and len(ex.input_ids) > 1]
-    assert long_windows
+    # later windows train their last `stride` items: those targets see at least
+    # max_history - stride + 1 items (half a history by default)
+    effective = stride or max(1, (max_history + 1) // 2)
+    prompts = PromptBuilder(_Ids(), tokens)
+    later = [
+        ex
+        for seq in sequences
+        for ex in seqrec_examples(prompts, [seq], max_history, stride=stride)[1:]
+    ]
+    assert later
+    for ex in later:
+        first = next(i for i, label in enumerate(ex.labels) if label != IGNORE)
+        assert first >= max_history - effective + 1
+        assert sum(label != IGNORE for label in ex.labels) <= effective
+
+
+def test_a_full_history_stride_costs_about_one_item_per_target() -> None:
+    sequences = [np.arange(n) % 50 for n in (60, 101, 200)]
+    tokens = np.arange(50)[:, None] + 1
+    prompts = PromptBuilder(_Ids(), tokens)
+    n_targets = sum(n - 1 for n in (60, 101, 200))
+    half = sum(len(e.input_ids) for e in seqrec_examples(prompts, sequences, 20))
+    full = sum(len(e.input_ids) for e in seqrec_examples(prompts, sequences, 20, stride=20))
+    assert full < 1.1 * n_targets < 0.6 * half
+    with pytest.raises(ValueError, match="stride"):
+        seqrec_examples(prompts, sequences, 20, stride=21)
 
 
 def test_metrics_recompute_from_the_exported_recommendations() -> None:

@@ -120,3 +120,49 @@ def test_each_config_reaches_its_own_store_in_one_process(
         assert os.environ["MLFLOW_TRACKING_URI"] == cfg.uri
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_a_process_losing_the_race_to_create_the_experiment_finds_the_winners(
+    cfg: TrackingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stages starting together on a new store: the other process tags the experiment
+    between this one's check and its own insert (seen as a unique-constraint error)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    real = MlflowClient.set_experiment_tag
+    calls = []
+
+    def other_process_first(self, experiment_id, key, value):
+        calls.append(key)
+        if len(calls) == 1:
+            real(self, experiment_id, key, value)  # the winner's insert ...
+            raise MlflowException(  # ... makes this one's fail
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key, "
+                "experiment_tags.experiment_id"
+            )
+        return real(self, experiment_id, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", other_process_first)
+    experiment = tracking.set_experiment(cfg)
+    assert calls == [tracking.EXPERIMENT_KIND_TAG]  # the retry found the tag set
+    stored = MlflowClient().get_experiment(experiment.experiment_id)
+    assert stored.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_other_tracking_errors_are_not_retried(
+    cfg: TrackingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def broken(self, *args):
+        calls.append(args)
+        raise MlflowException("the store is read-only")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", broken)
+    with pytest.raises(MlflowException, match="read-only"):
+        tracking.set_experiment(cfg)
+    assert len(calls) == 1

@@ -6,6 +6,7 @@ Step-wise on purpose: an orchestrator (the Prefect flow) calls `train_epoch` and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,9 @@ class TrainingSession:
     total_epochs: int
 
     residual_dropout: float = 0.0
+    # called before every training and loss batch and every evaluation (the `train` stage's
+    # thread hand-off, components.thread_share); must not change results
+    on_step: Callable[[], object] | None = None
     trainer: Trainer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,7 @@ class TrainingSession:
             max_history=self.dataset.max_history,
             rng=rng,
             one_per_target=self.rec.is_encoder_decoder,
+            stride=self.train_cfg.window_stride,
         )
 
     def train_epoch(self) -> dict[str, float]:
@@ -73,11 +78,21 @@ class TrainingSession:
         torch.manual_seed(self.train_cfg.seed * 1000 + epoch)
         pad = self.rec.tokenizer.pad_token_id or 0
         stats = self.trainer.train_epoch(
-            length_bucketed_batches(examples, self.train_cfg.batch_size, pad, rng)
+            self._stepped(length_bucketed_batches(examples, self.train_cfg.batch_size, pad, rng))
         )
         return {"epoch": epoch, **stats}
 
+    def _stepped(self, batches: Iterable) -> Iterator:
+        for batch in batches:
+            self.step()
+            yield batch
+
+    def step(self) -> None:
+        if self.on_step is not None:
+            self.on_step()
+
     def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
+        self.step()
         return evaluate_model(self.rec, self.dataset, self.codes, self.eval_cfg, split)
 
     @torch.no_grad()
@@ -90,6 +105,7 @@ class TrainingSession:
             self.dataset.train_sequences(),
             self.dataset.max_history,
             one_per_target=self.rec.is_encoder_decoder,
+            stride=self.train_cfg.window_stride,
         )
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         pad = self.rec.tokenizer.pad_token_id or 0
@@ -98,6 +114,7 @@ class TrainingSession:
         self.rec.model.eval()
         total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
+            self.step()
             batch = collate([examples[i] for i in order[start : start + batch_size]], pad)
             batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
             with precision_context(device, self.trainer.precision):  # as training computes it

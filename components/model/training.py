@@ -53,6 +53,7 @@ def seqrec_examples(
     sequences: list[np.ndarray],
     max_history: int,
     one_per_target: bool = False,
+    stride: int = 0,
 ) -> list[Example]:
     """Each training target exactly once, with at most `max_history` items of context, as in
     evaluation (train as you evaluate).
@@ -60,11 +61,13 @@ def seqrec_examples(
     one_per_target: one example per target, its prompt the (at most `max_history`) items
     before it (an encoder-decoder, which cannot train several targets in one pass).
 
-    Otherwise windows (a causal LM): a window holds at most `max_history + 1` items, so no target sees more than `max_history`
-    before it. The first window trains every item after the first; each later window trains
-    its last `stride` (about half a history) items, so those targets see between
-    `max_history - stride + 1` and `max_history` items, and a target costs about two items of
-    forward pass, as with longer windows.
+    Otherwise windows (a causal LM): a window holds at most `max_history + 1` items, so no
+    target sees more than `max_history` before it. The first window trains every item after
+    the first; each later window trains its last `stride` items (`train.window_stride`; 0, the
+    default, is about half a history), so those targets see between `max_history - stride + 1`
+    and `max_history` items. At half a history a target costs about two items of forward
+    pass; at `max_history` the windows overlap by one item (as SASRec trains: a target sees
+    1 to `max_history` items) and a target costs about one.
     """
     out: list[Example] = []
     if one_per_target:
@@ -73,7 +76,9 @@ def seqrec_examples(
                 window = seq[max(0, t - max_history) : t + 1]
                 out.append(prompts.seqrec_window(window, min_history=len(window) - 1))
         return out
-    stride = max(1, (max_history + 1) // 2)
+    if stride < 0 or stride > max_history:
+        raise ValueError(f"window stride must be 0 (half a history) to {max_history}, not {stride}")
+    stride = stride or max(1, (max_history + 1) // 2)
     for seq in sequences:
         n = len(seq)
         if n < 2:
@@ -98,9 +103,10 @@ def task_examples(
     max_history: int,
     rng: np.random.Generator,
     one_per_target: bool = False,
+    stride: int = 0,
 ) -> dict[str, list[Example]]:
     """One epoch's examples per task; a weight is the expected passes over that task's data.
-    one_per_target: seqrec examples with one target each (`seqrec_examples`)."""
+    one_per_target, stride: how seqrec targets are laid out (`seqrec_examples`)."""
 
     def sample(pool: list[Example], weight: float) -> list[Example]:
         whole, frac = int(weight), weight - int(weight)
@@ -114,7 +120,7 @@ def task_examples(
     out: dict[str, list[Example]] = {}
     if weights.seqrec > 0:
         out["seqrec"] = sample(
-            seqrec_examples(prompts, train_sequences, max_history, one_per_target),
+            seqrec_examples(prompts, train_sequences, max_history, one_per_target, stride),
             weights.seqrec,
         )
     if weights.item2id > 0:

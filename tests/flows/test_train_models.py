@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.train_models import LAUNCHER_ENV, TrainingFailed, run_models
+from flows.train_models import LAUNCHER_ENV, TrainingFailed, cpu_count, run_models
 from tests.flows.conftest import copy_prepared
 from tests.flows.test_pipeline_dvc import REPO, run
 
@@ -86,6 +86,8 @@ def test_at_once_both_models_train_and_their_checkpoints_go(
     assert not any((folder / "artifacts/checkpoints").glob("*/*")), "checkpoints left behind"
     assert loss_points(folder, "static") > 0 and loss_points(folder, "siit") > 0
     assert "trained: static" in proc.stderr + proc.stdout
+    if cpu_count() > 1:  # the model that finished first handed its threads on
+        assert f"now on {cpu_count()} CPU threads" in proc.stderr + proc.stdout
 
 
 def test_in_turn_after_a_stop_gives_the_same_models_and_trains_nothing_twice(
@@ -131,6 +133,15 @@ STAND_IN = textwrap.dedent(
                 sys.exit(4)
             time.sleep(0.05)
         sys.exit(3)
+    if mode == os.environ.get("WAIT_SHARE"):  # until the stage hands over the other's threads
+        share = os.environ.get("SIIT_THREAD_SHARE")
+        deadline = time.monotonic() + float(os.environ.get("SHARE_WAIT_S", "60"))
+        while not (share and os.path.exists(share)):
+            if time.monotonic() > deadline:
+                sys.exit(5)
+            time.sleep(0.05)
+        put(mode + ".share", open(share).read().strip())
+        sys.exit(0)
     time.sleep(float(os.environ.get("SLEEP_S", "120")))
     """
 )
@@ -168,6 +179,29 @@ def test_a_failing_model_stops_the_other_and_fails_the_stage(
     # two at once: each got its share of this machine's threads
     share = str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert (folder / "siit.threads").read_text() == share
+
+
+def test_a_finished_model_hands_its_threads_to_the_one_still_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = stand_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("WAIT_SHARE", "siit")
+    monkeypatch.setenv("SLEEP_S", "0")  # the static stand-in finishes at once
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
+    assert (folder / "siit.share").read_text() == str(cpu_count())
+
+
+def test_no_hand_over_when_the_user_fixed_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = stand_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("WAIT_SHARE", "siit")
+    monkeypatch.setenv("SLEEP_S", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("SHARE_WAIT_S", "3")  # no share file comes: the stand-in gives up
+    with pytest.raises(TrainingFailed, match=r"train_siit failed \(exit 5\)"):
+        run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
 
 
 def test_in_turn_each_model_keeps_every_thread_and_a_failure_stops_the_rest(
