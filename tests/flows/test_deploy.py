@@ -308,6 +308,7 @@ def test_docker_files_define_cpu_cuda_serve_and_worker() -> None:
     serve = services["serve"]["command"]
     assert "models:/siit-recommender@champion" in serve and "--env-manager local" in serve
     for service in services.values():
+        assert service.get("init") is True  # signals reach siit; its children are reaped
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:")
     docker = shutil.which("docker")
