@@ -194,22 +194,22 @@ def set_experiment(cfg: TrackingConfig, attempts: int = 5):
     mlflow = _mlflow(cfg)
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(attempts):
-        try:
-            experiment = mlflow.set_experiment(cfg.experiment)
-            if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-                mlflow.MlflowClient().set_experiment_tag(
-                    experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-                )
-            return experiment
-        except MlflowException as err:
-            lost_race = (
-                "UNIQUE constraint" in str(err) or err.error_code == "RESOURCE_ALREADY_EXISTS"
+    def ensure():
+        experiment = mlflow.set_experiment(cfg.experiment)
+        if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
             )
-            if not lost_race or attempt == attempts - 1:
+        return experiment
+
+    for attempt in range(attempts - 1):
+        try:
+            return ensure()
+        except MlflowException as err:
+            if not ("UNIQUE constraint" in str(err) or err.error_code == "RESOURCE_ALREADY_EXISTS"):
                 raise
             time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return ensure()
 
 
 def ui_link(cfg: TrackingConfig, base: str = "http://127.0.0.1:5000") -> str:

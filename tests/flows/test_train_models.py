@@ -145,7 +145,13 @@ STAND_IN = textwrap.dedent(
 )
 
 
-def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str | None) -> Path:
+    """Stand-in models for the stage; `env`: the stand-ins' settings (None: unset)."""
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
     script = tmp_path / "model.py"
     script.write_text(STAND_IN)
     # the stage appends `--params <file> train_<mode>`: the stand-in ignores them
@@ -165,10 +171,9 @@ def alive(pid: int) -> bool:
 def test_a_failing_model_stops_the_other_and_fails_the_stage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = stand_in(tmp_path, monkeypatch)
-    monkeypatch.setenv("FAIL_MODE", "static")
-    monkeypatch.setenv("FAIL_AFTER", "siit")
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    folder = stand_in(
+        tmp_path, monkeypatch, FAIL_MODE="static", FAIL_AFTER="siit", OMP_NUM_THREADS=None
+    )
     start = time.monotonic()
     with pytest.raises(TrainingFailed, match=r"train_static failed \(exit 3\).*other model"):
         run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
@@ -182,10 +187,8 @@ def test_a_failing_model_stops_the_other_and_fails_the_stage(
 def test_a_finished_model_hands_its_threads_to_the_one_still_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = stand_in(tmp_path, monkeypatch)
-    monkeypatch.setenv("WAIT_SHARE", "siit")
-    monkeypatch.setenv("SLEEP_S", "0")  # the static stand-in finishes at once
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # the static stand-in finishes at once
+    folder = stand_in(tmp_path, monkeypatch, WAIT_SHARE="siit", SLEEP_S="0", OMP_NUM_THREADS=None)
     run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
     assert (folder / "siit.share").read_text() == str(cpu_count())
 
@@ -193,11 +196,10 @@ def test_a_finished_model_hands_its_threads_to_the_one_still_training(
 def test_no_hand_over_when_the_user_fixed_the_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = stand_in(tmp_path, monkeypatch)
-    monkeypatch.setenv("WAIT_SHARE", "siit")
-    monkeypatch.setenv("SLEEP_S", "0")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("SHARE_WAIT_S", "3")  # no share file comes: the stand-in gives up
+    # no share file comes: the stand-in gives up after SHARE_WAIT_S
+    folder = stand_in(
+        tmp_path, monkeypatch, WAIT_SHARE="siit", SLEEP_S="0", OMP_NUM_THREADS="1", SHARE_WAIT_S="3"
+    )
     with pytest.raises(TrainingFailed, match=r"train_siit failed \(exit 5\)"):
         run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
 
@@ -205,9 +207,7 @@ def test_no_hand_over_when_the_user_fixed_the_threads(
 def test_in_turn_each_model_keeps_every_thread_and_a_failure_stops_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = stand_in(tmp_path, monkeypatch)
-    monkeypatch.setenv("FAIL_MODE", "static")
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    folder = stand_in(tmp_path, monkeypatch, FAIL_MODE="static", OMP_NUM_THREADS=None)
     with pytest.raises(TrainingFailed, match=r"train_static failed \(exit 3\)"):
         run_models(("static", "siit"), "params.yaml", folder, concurrent=False, threads=0)
     assert (folder / "static.threads").read_text() == ""
