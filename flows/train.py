@@ -30,7 +30,7 @@ from components.evaluation import recommendations_frame
 from components.io import atomic_dir, atomic_write_json, atomic_write_parquet
 from components.model import distributed
 from components.model.recommender import GenerativeRecommender, pick_device
-from components.model.session import TrainingSession, evaluate_model
+from components.model.session import TrainingSession, WindowLosses, evaluate_model
 from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
 from components.siit.fingerprint import combine, run_fingerprints
@@ -177,8 +177,8 @@ def refine_task(
 
 
 @task(name="seqrec-loss", cache_policy=NO_CACHE)
-def seqrec_loss_task(session: TrainingSession) -> float:
-    return session.seqrec_loss()
+def seqrec_loss_task(session: TrainingSession, reuse: WindowLosses | None = None) -> WindowLosses:
+    return session.seqrec_loss(reuse)
 
 
 @task(name="save-checkpoint", cache_policy=NO_CACHE, **IO)
@@ -349,7 +349,7 @@ def round_task(
             new_codes, stats = refine_task(session, params, r)
             session.set_codes(new_codes)
             valid_new, _ = evaluate_task(session, "valid")
-            loss_new = seqrec_loss_task(session)
+            loss_new = seqrec_loss_task(session, loss_old)  # only windows with a moved item
             # the refined map with the same model is a candidate too (chosen on validation)
             if _improves(state, valid_new):
                 state.best_round, state.best_epoch = r, session.trainer.epoch
@@ -364,22 +364,26 @@ def round_task(
                 "valid_ndcg@10_new": valid_new["ndcg@10"],
                 "valid_recall@10_old": row["valid"]["recall@10"],
                 "valid_recall@10_new": valid_new["recall@10"],
-                "seqrec_loss_old": loss_old,
-                "seqrec_loss_new": loss_new,
+                "seqrec_loss_old": loss_old.mean,
+                "seqrec_loss_new": loss_new.mean,
             }
             row["refine"], row["effect"] = stats, effect
             tracking.log_metrics(scalars(stats), prefix="refine/")
-            tracking.log_metrics(effect, prefix="effect/")
+            tracking.log_metrics(
+                {**effect, "seqrec_windows_rescored": loss_new.rescored_share}, prefix="effect/"
+            )
             logger.info(
                 "round %d: churn %.3f, collisions before %.3f; immediate effect: valid "
-                "ndcg@10 %.4f -> %.4f, seqrec loss %.4f -> %.4f",
+                "ndcg@10 %.4f -> %.4f, seqrec loss %.4f -> %.4f (%.0f%% of the windows hold a "
+                "moved item)",
                 r,
                 stats["churn"],
                 stats["collision_rate_before"],
                 effect["valid_ndcg@10_old"],
                 effect["valid_ndcg@10_new"],
-                loss_old,
-                loss_new,
+                effect["seqrec_loss_old"],
+                effect["seqrec_loss_new"],
+                100 * loss_new.rescored_share,
             )
         state.history.append(_flat_row(r, row))
         state.next_round = r + 1

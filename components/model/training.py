@@ -9,7 +9,7 @@ in DDP, each rank trains on its rows of every batch and the logged loss is all-r
 `components.model.distributed`). On CUDA the forward runs under bf16 autocast.
 
 On the CPU (where the tiny profile trains) a step of a small model is mostly elementwise
-traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_loss`: the
+traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_logits`: the
 same computation as the model's own forward, written for it (the q/k/v and gate/up weights are
 concatenated at use, so the saved weights stay the stock ones; cheaper attention dropout; the
 last layer's attention output, MLP, final norm and head only where there are labels), and
@@ -19,7 +19,7 @@ profile behind each choice.
 
 An encoder-decoder (`model.architecture: t5`) trains on the same examples, each one prompt
 followed by one response: the prompt goes to the encoder and the response is the decoder's
-target (`_seq2seq_response_loss`). Its seqrec examples have one target each
+target (`_seq2seq_response_logits`). Its seqrec examples have one target each
 (`one_per_target`), with at most `max_history` items before it.
 """
 
@@ -69,12 +69,26 @@ def seqrec_examples(
     pass; at `max_history` the windows overlap by one item (as SASRec trains: a target sees
     1 to `max_history` items) and a target costs about one.
     """
-    out: list[Example] = []
+    return [
+        prompts.seqrec_window(window, min_history=min_history)
+        for window, min_history in seqrec_windows(sequences, max_history, one_per_target, stride)
+    ]
+
+
+def seqrec_windows(
+    sequences: list[np.ndarray],
+    max_history: int,
+    one_per_target: bool = False,
+    stride: int = 0,
+) -> list[tuple[np.ndarray, int]]:
+    """The items of every `seqrec_examples` row, in its order, and how many of them lead in
+    unlabelled (map-free: which rows a change of identifiers touches)."""
+    out: list[tuple[np.ndarray, int]] = []
     if one_per_target:
         for seq in sequences:
             for t in range(1, len(seq)):
                 window = seq[max(0, t - max_history) : t + 1]
-                out.append(prompts.seqrec_window(window, min_history=len(window) - 1))
+                out.append((window, len(window) - 1))
         return out
     if stride < 0 or stride > max_history:
         raise ValueError(f"window stride must be 0 (half a history) to {max_history}, not {stride}")
@@ -84,11 +98,11 @@ def seqrec_examples(
         if n < 2:
             continue
         done = min(n, max_history + 1)
-        out.append(prompts.seqrec_window(seq[:done], min_history=1))
+        out.append((seq[:done], 1))
         while done < n:
             end = min(n, done + stride)
             start = max(0, end - max_history - 1)
-            out.append(prompts.seqrec_window(seq[start:end], min_history=done - start))
+            out.append((seq[start:end], done - start))
             done = end
     return out
 
@@ -190,19 +204,30 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     )
 
 
-def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Next-token cross-entropy on labelled positions; the head runs only there."""
+def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -> torch.Tensor:
+    """Next-token cross-entropy on labelled positions; the head runs only there.
+
+    The mean over the batch's labelled tokens, or with `per_row` each row's sum (float32, one
+    per row: the loss of a batch's rows can then be reused one by one)."""
     if is_encoder_decoder(model):
-        return _seq2seq_response_loss(model, batch.input_ids, batch.labels)
-    if _fast_llama(model, batch.input_ids.device):
-        return _llama_response_loss(model, batch.input_ids, batch.labels)
-    # Right padding + causal attention: real tokens never attend to the padding, so no mask is
-    # needed, and without one SDPA takes its fast causal kernel (a padding mask is ~8x slower on CPU).
-    hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
-    targets = batch.labels[:, 1:]
-    selected = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][selected])
-    return F.cross_entropy(logits.float(), targets[selected])
+        logits, targets, selected = _seq2seq_response_logits(model, batch.input_ids, batch.labels)
+    elif _fast_llama(model, batch.input_ids.device):
+        logits, targets, selected = _llama_response_logits(model, batch.input_ids, batch.labels)
+    else:
+        # Right padding + causal attention: real tokens never attend to the padding, so no mask
+        # is needed, and without one SDPA takes its fast causal kernel (a padding mask is ~8x
+        # slower on CPU).
+        hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+        targets = batch.labels[:, 1:]
+        selected = targets != IGNORE
+        logits = model.get_output_embeddings()(hidden[:, :-1][selected])
+    if not per_row:
+        return F.cross_entropy(logits.float(), targets[selected])
+    token = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+    rows = selected.nonzero(as_tuple=True)[0]  # row-major, as the boolean index above
+    return torch.zeros(selected.shape[0], dtype=token.dtype, device=token.device).index_add_(
+        0, rows, token
+    )
 
 
 def seq2seq_split(
@@ -232,9 +257,9 @@ def seq2seq_split(
     return enc_ids, enc_mask.long(), targets
 
 
-def _seq2seq_response_loss(
+def _seq2seq_response_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An encoder-decoder's cross-entropy on the response: the prompt is encoded, the decoder
     reads the response shifted right (after its start token) and predicts every token of it."""
     c = model.config
@@ -244,14 +269,14 @@ def _seq2seq_response_loss(
     decoder_ids = shifted.masked_fill(shifted == IGNORE, c.pad_token_id)
     logits = model(input_ids=enc_ids, attention_mask=enc_mask, decoder_input_ids=decoder_ids).logits
     selected = targets != IGNORE
-    return F.cross_entropy(logits[selected].float(), targets[selected])
+    return logits[selected], targets, selected
 
 
 # The CPU training path of a plain Llama --------------------------------------------------------
 
 
 def _fast_llama(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether `_llama_response_loss` computes exactly what the model's own forward would: a
+    """Whether `_llama_response_logits` computes exactly what the model's own forward would: a
     stock `LlamaForCausalLM` on the CPU, default RoPE, no biases, SiLU, as many k/v heads as
     query heads, and no hooks but plain forward hooks on the embeddings and the attention and
     MLP blocks (residual dropout), which it calls itself."""
@@ -380,15 +405,15 @@ def _llama_hidden(
     return h
 
 
-def _llama_response_loss(
+def _llama_response_logits(
     model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     targets = labels[:, 1:]
     selected = targets != IGNORE
     positions = F.pad(selected, (0, 1))  # position t predicts token t + 1
     hidden = _llama_hidden(model, input_ids, positions)  # [n_selected, hidden]
     x = _rms_norm(hidden, model.model.norm)
-    return F.cross_entropy(F.linear(x, model.lm_head.weight).float(), targets[selected])
+    return F.linear(x, model.lm_head.weight), targets, selected
 
 
 def cpu_bf16_native() -> bool:

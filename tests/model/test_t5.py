@@ -153,6 +153,14 @@ def test_t5_trains_its_loss_falls_and_it_recommends_what_it_learned() -> None:
     batch = collate(seqrec_examples(prompts, sequences, 3, one_per_target=True), PAD)
     with torch.no_grad():
         assert float(response_loss(rec.model, batch)) < losses[0]
+        rows = response_loss(rec.model, batch, per_row=True)  # the immediate effect's reuse
+        torch.testing.assert_close(
+            rows.sum() / batch.n_label_tokens, response_loss(rec.model, batch)
+        )
+        alone = collate(seqrec_examples(prompts, sequences[:1], 3, one_per_target=True)[:1], PAD)
+        torch.testing.assert_close(
+            rows[0], response_loss(rec.model, alone) * alone.n_label_tokens, rtol=1e-5, atol=1e-5
+        )
 
 
 # persistence, config, warm start ------------------------------------------------------------

@@ -240,3 +240,103 @@ def test_trained_model_saves_as_stock_llama(tmp_path) -> None:
     batch = collate(data, pad_id=0)
     torch.testing.assert_close(reference_loss(loaded, batch), reference_loss(model, batch))
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_per_row_losses_are_each_rows_own_loss() -> None:
+    """`per_row`: every row's summed loss is what the row alone gives, and together they are
+    the batch mean (fast path and the model's own forward alike)."""
+    data = examples(12)
+    batch = collate(data, pad_id=0)
+    for model in (tiny_llama().eval(), tiny_llama(dropout=0.0).eval()):
+        if model.config.attention_dropout == 0.0:  # a hook the fast path declines: own forward
+            model.model.layers[0].register_forward_hook(lambda *_: None)
+        fast = model.config.attention_dropout > 0.0
+        assert training._fast_llama(model, batch.input_ids.device) == fast
+        rows = response_loss(model, batch, per_row=True)
+        assert rows.shape == (len(data),) and rows.dtype == torch.float32
+        torch.testing.assert_close(rows.sum() / batch.n_label_tokens, response_loss(model, batch))
+        for i, example in enumerate(data):
+            alone = collate([example], pad_id=0)
+            torch.testing.assert_close(
+                rows[i], response_loss(model, alone) * alone.n_label_tokens, rtol=1e-5, atol=1e-5
+            )
+
+
+def _session(codes: np.ndarray, batch_size: int = 256):
+    """A tiny TrainingSession on 10 items, histories of 3: many windows, each a few items."""
+    import polars as pl
+
+    from components.config import EvaluateConfig, ModelConfig
+    from components.data import Dataset
+    from components.model.recommender import GenerativeRecommender
+    from components.model.session import TrainingSession
+
+    n = len(codes)
+    items = pl.DataFrame(
+        {
+            "item_idx": np.arange(n, dtype=np.int64),
+            "item_id": [f"i{i}" for i in range(n)],
+            "title": [f"t{i}" for i in range(n)],
+            "text": [f"item {i}" for i in range(n)],
+        }
+    )
+    rng = np.random.default_rng(0)
+    sequences = [rng.choice(n, size=rng.integers(3, 9), replace=False) for _ in range(30)]
+    sequences += [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7, 8, 9])]  # windows without 9 / 0
+    dataset = Dataset(
+        items=items,
+        user_ids=[f"u{i}" for i in range(len(sequences))],
+        sequences=sequences,
+        max_history=3,
+    )
+    cfg = ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    rec = GenerativeRecommender.create(cfg, (4, 4), [f"item {i}" for i in range(n)], seed=0)
+    return TrainingSession(rec, dataset, codes, TrainConfig(batch_size=8), EvaluateConfig(), 1)
+
+
+def test_seqrec_loss_after_a_refinement_scores_only_windows_with_a_moved_item() -> None:
+    """The immediate effect's second loss pass: the windows holding an item whose identifier
+    moved are scored again, the others taken over, and the result is the full pass's."""
+    codes = np.array([[i // 4, i % 4] for i in range(10)])
+    session = _session(codes)
+    before = session.seqrec_loss()
+    assert before.rescored == len(before.sums) and before.rescored_share == 1.0
+    assert session.seqrec_loss(before).rescored == 0  # nothing moved: nothing scored
+    assert session.seqrec_loss(before).mean == before.mean
+
+    refined = codes.copy()
+    refined[9] = [3, 3]  # item 9 moves to an unused identifier
+    session.set_codes(refined)
+    reused = session.seqrec_loss(before)
+    full = session.seqrec_loss()
+    assert 0 < reused.rescored < len(before.sums)
+    assert reused.rescored == sum(9 in seq for seq in _window_items(session))
+    assert reused.mean != before.mean  # the moved item's windows changed
+    np.testing.assert_allclose(reused.sums, full.sums, rtol=1e-5)
+    np.testing.assert_array_equal(reused.counts, full.counts)
+    assert reused.mean == pytest.approx(full.mean, rel=1e-6)
+    # per identifier token, as the training loss: the counts are the rows' label tokens
+    rows = training.seqrec_examples(session.prompts, session.dataset.train_sequences(), 3)
+    assert full.counts.sum() == collate(rows, pad_id=0).n_label_tokens
+
+
+def _windows(session) -> list:
+    return training.seqrec_windows(
+        session.dataset.train_sequences(),
+        session.dataset.max_history,
+        stride=session.train_cfg.window_stride,
+    )
+
+
+def _window_items(session) -> list[list[int]]:
+    return [list(w) for w, _ in _windows(session)]
+
+
+def test_seqrec_windows_are_the_rows_of_seqrec_examples() -> None:
+    codes = np.array([[i // 4, i % 4] for i in range(10)])
+    session = _session(codes)
+    sequences = session.dataset.train_sequences()
+    for stride in (0, 1, 3):
+        rows = training.seqrec_examples(session.prompts, sequences, 3, stride=stride)
+        windows = training.seqrec_windows(sequences, 3, stride=stride)
+        assert rows == [session.prompts.seqrec_window(w, min_history=h) for w, h in windows]
