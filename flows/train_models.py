@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -119,8 +119,10 @@ def run_models(
     for batch in batches:
         procs: dict[str, subprocess.Popen] = {}
         started = time.perf_counter()
-        with _stopped_on_signal(procs), tempfile.TemporaryDirectory(prefix="siit-threads-") as tmp:
-            share = Path(tmp) / "threads" if shares_threads(len(batch), threads) else None
+        sharing = shares_threads(len(batch), threads)
+        folder = tempfile.TemporaryDirectory(prefix="siit-threads-") if sharing else nullcontext()
+        with _stopped_on_signal(procs), folder as tmp:
+            share = Path(tmp) / "threads" if tmp is not None else None
             env = child_env(len(batch), threads, share)
             try:
                 for mode in batch:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import train_models
 from flows.train_models import LAUNCHER_ENV, TrainingFailed, cpu_count, run_models
 from tests.flows.conftest import copy_prepared
 from tests.flows.test_pipeline_dvc import REPO, run
@@ -208,8 +209,16 @@ def test_in_turn_each_model_keeps_every_thread_and_a_failure_stops_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = stand_in(tmp_path, monkeypatch, FAIL_MODE="static", OMP_NUM_THREADS=None)
+    folders = []  # nothing to hand over in turn: no folder for a thread share either
+    real = train_models.tempfile.TemporaryDirectory
+    monkeypatch.setattr(
+        train_models.tempfile,
+        "TemporaryDirectory",
+        lambda *a, **k: folders.append(k) or real(*a, **k),
+    )
     with pytest.raises(TrainingFailed, match=r"train_static failed \(exit 3\)"):
         run_models(("static", "siit"), "params.yaml", folder, concurrent=False, threads=0)
+    assert folders == []
     assert (folder / "static.threads").read_text() == ""
     assert not (folder / "siit.pid").exists()  # never started
 
