@@ -246,9 +246,11 @@ def _run_stage(stage: str, params_file: str) -> None:
 
         train_models_flow(params_file=params_file)
     elif stage.startswith("train_"):
+        from flows.subflows import run_as_subflow
         from flows.train import train_flow
 
-        train_flow(mode=stage.removeprefix("train_"), params_file=params_file)
+        # a subflow of the `train` stage's flow run when that stage started this process
+        run_as_subflow(train_flow, mode=stage.removeprefix("train_"), params_file=params_file)
     elif stage == "register":
         from flows.register import register_flow
 

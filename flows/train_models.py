@@ -11,7 +11,8 @@ Each model keeps its checkpoint until both are done: a stage killed after one mo
 re-trains only the other on the next run (the finished one just writes its outputs again).
 When one model fails, the other is stopped at once (it resumes from its last round) and the
 stage fails naming the model; its own error is printed above by its process and the
-traceback is in the log file.
+traceback is in the log file. In the Prefect UI both models' flow runs are subflows of the
+stage's (flows.subflows).
 
 This module imports no torch: the stage process only starts, watches and stops the two.
 """
@@ -29,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 
@@ -37,6 +39,7 @@ from components.paths import Paths
 from components.thread_share import SHARE_ENV, write_share
 from flows.common import KEEP_CHECKPOINT_ENV
 from flows.server import stop_processes
+from flows.subflows import PARENT_ENV, end_model_task_run, start_model_task_run
 
 MODES = ("static", "siit")
 # The command a model's process runs, `{mode}` filled in; default: this interpreter's `siit`.
@@ -124,21 +127,26 @@ def run_models(
         with _stopped_on_signal(procs), folder as tmp:
             share = Path(tmp) / "threads" if tmp is not None else None
             env = child_env(len(batch), threads, share)
+            tracked: dict[str, UUID | None] = {}  # the Prefect task runs the processes nest under
             try:
                 for mode in batch:
+                    tracked[mode] = start_model_task_run(mode)
+                    parent = {PARENT_ENV: str(tracked[mode])} if tracked[mode] else {}
                     procs[mode] = subprocess.Popen(
                         child_command(mode, params_file),
                         cwd=root,
-                        env=env,
+                        env={**env, **parent},
                         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     )
-                failed = _wait_all(procs, started, seconds, share)
+                failed = _wait_all(procs, started, seconds, share, tracked)
             except BaseException:
                 stop_processes(procs.values(), STOP_GRACE_S)
+                _end_unfinished(tracked, seconds, "the stage was stopped")
                 raise
         if failed:
             mode, code = failed
             stop_processes(procs.values(), STOP_GRACE_S)
+            _end_unfinished(tracked, seconds, f"stopped: train_{mode} failed")
             others = ", the other model stopped" if len(batch) > 1 else ""
             raise TrainingFailed(
                 f"train_{mode} failed (exit {code}); its error is printed above{others}. "
@@ -147,15 +155,24 @@ def run_models(
     return seconds
 
 
+def _end_unfinished(tracked: dict[str, UUID | None], seconds: dict[str, float], why: str) -> None:
+    for mode, task_run in tracked.items():
+        if mode not in seconds:
+            end_model_task_run(task_run, "cancelled", why)
+
+
 def _wait_all(
     procs: dict[str, subprocess.Popen],
     started: float,
     seconds: dict[str, float],
     share: Path | None = None,
+    tracked: dict[str, UUID | None] | None = None,
 ) -> tuple[str, int] | None:
     """Wait until all processes ended or one failed: (mode, exit code) of the first failure.
-    share: when a model finishes, the CPU threads are shared anew among those still training."""
+    share: when a model finishes, the CPU threads are shared anew among those still training.
+    tracked: the Prefect task runs standing for the processes, ended with them."""
     running = dict(procs)
+    tracked = tracked or {}
     while running:
         for mode, proc in list(running.items()):
             code = proc.poll()
@@ -163,6 +180,11 @@ def _wait_all(
                 continue
             del running[mode]
             seconds[mode] = time.perf_counter() - started
+            end_model_task_run(
+                tracked.get(mode),
+                "completed" if code == 0 else "failed",
+                "" if code == 0 else f"exit {code}",
+            )
             if code != 0:
                 return mode, code
             if share is not None and running:

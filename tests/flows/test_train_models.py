@@ -124,6 +124,7 @@ STAND_IN = textwrap.dedent(
         os.replace(os.path.join(folder, name + ".tmp"), os.path.join(folder, name))
     put(mode + ".pid", str(os.getpid()))
     put(mode + ".threads", os.environ.get("OMP_NUM_THREADS", ""))
+    put(mode + ".parent", os.environ.get("SIIT_PARENT_TASK_RUN", ""))
     if mode == os.environ.get("FAIL_MODE"):
         after = os.environ.get("FAIL_AFTER")  # fail once that model has started (no race)
         deadline = time.monotonic() + 60
@@ -250,3 +251,80 @@ def test_a_stopped_stage_stops_its_models(
     assert not any(alive(pid) for pid in pids), "a model outlived its stage"
     if how == signal.SIGTERM:
         assert stage.returncode == 128 + signal.SIGTERM
+
+
+def test_both_models_are_subflows_of_the_stage_in_prefect(
+    at_once: tuple[Path, subprocess.CompletedProcess], prefect_env: dict[str, str]
+) -> None:
+    """The Prefect UI nests each model's flow run under the stage's: a `train_<mode>` task run
+    of the train-models flow run stands for the process, completed with it."""
+    import httpx
+
+    api = prefect_env["PREFECT_API_URL"]
+
+    def post(path: str, body: dict) -> list[dict]:
+        response = httpx.post(f"{api}/{path}", json={"limit": 200, **body}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    flows = {f["id"]: f["name"] for f in post("flows/filter", {})}
+    stages = [r for r in post("flow_runs/filter", {}) if flows[r["flow_id"]] == "train-models"]
+    nested = {}
+    for stage in stages:
+        tasks = post("task_runs/filter", {"flow_runs": {"id": {"any_": [stage["id"]]}}})
+        children = post(
+            "flow_runs/filter",
+            {"flow_runs": {"parent_task_run_id": {"any_": [t["id"] for t in tasks]}}},
+        )
+        if stage["state"]["type"] == "COMPLETED" and children:
+            nested[stage["id"]] = (tasks, children)
+    assert nested, "no train-models flow run with nested model runs"
+    tasks, children = next(iter(nested.values()))
+    by_task = {t["id"]: t for t in tasks}
+    modes = {}
+    for child in children:
+        parent = by_task[child["parent_task_run_id"]]
+        assert flows[child["flow_id"]] == "train"
+        assert parent["name"].startswith(f"train_{child['parameters']['mode']}")
+        assert parent["state"]["type"] == child["state"]["type"] == "COMPLETED"
+        modes[child["parameters"]["mode"]] = child["id"]
+    assert sorted(modes) == ["siit", "static"]
+
+
+def test_a_failed_model_fails_its_task_run_and_the_stopped_one_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_env: dict[str, str]
+) -> None:
+    """Inside the stage's flow run each process gets a task run of its own to nest under; a
+    model that fails fails it, the one stopped for it is cancelled."""
+    import httpx
+    from prefect import flow
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    folder = stand_in(
+        tmp_path, monkeypatch, FAIL_MODE="static", FAIL_AFTER="siit", OMP_NUM_THREADS=None
+    )
+
+    @flow(name="train-models-stand-in")
+    def stage() -> None:
+        run_models(("static", "siit"), "params.yaml", folder, concurrent=True, threads=0)
+
+    api = temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]})
+    with api:
+        with pytest.raises(TrainingFailed, match=r"train_static failed"):
+            stage()
+        APILogHandler().flush()  # the flow's logs go to this server, not to a default one
+    states = {}
+    for mode in ("static", "siit"):
+        task_run = (folder / f"{mode}.parent").read_text()
+        assert task_run, f"train_{mode} got no task run to nest under"
+        response = httpx.get(f"{prefect_env['PREFECT_API_URL']}/task_runs/{task_run}", timeout=30)
+        response.raise_for_status()
+        assert response.json()["name"].startswith(f"train_{mode}")
+        states[mode] = response.json()["state"]["type"]
+    assert states == {"static": "FAILED", "siit": "CANCELLED"}
+    # outside a flow run (the tests above): no task run, the stand-in sees no parent
+    (tmp_path / "plain").mkdir()
+    folder = stand_in(tmp_path / "plain", monkeypatch, FAIL_MODE=None, SLEEP_S="0")
+    run_models(("static",), "params.yaml", folder, concurrent=False, threads=0)
+    assert (folder / "static.parent").read_text() == ""
