@@ -204,6 +204,11 @@ def _is_method(name: str, value: object) -> bool:
     return inspect.isfunction(value) or isinstance(value, classmethod | staticmethod)
 
 
+# where a stage's flow starts: a flow called (`Flow.__call__`), or a model process's flow run
+# as the `train` stage's subflow (`run_flow`, flows.subflows)
+FLOW_STARTS = ("prefect.flows", "prefect.flow_engine")
+
+
 class InstrumentOnImport(importlib.abc.MetaPathFinder):
     """Installs the timing wrappers the moment a target's module has been executed.
 
@@ -223,7 +228,7 @@ class InstrumentOnImport(importlib.abc.MetaPathFinder):
         self.absent: list[str] = []
 
     def find_spec(self, name: str, path: object, target: object = None) -> ModuleSpec | None:
-        if name not in self.by_module and name != "prefect.flows":
+        if name not in self.by_module and name not in FLOW_STARTS:
             return None
         sys.meta_path.remove(self)  # let the other finders find it
         try:
@@ -250,6 +255,15 @@ class InstrumentOnImport(importlib.abc.MetaPathFinder):
                 return call(*args, **kwargs)
 
             module.Flow.__call__ = flow_call
+        if module.__name__ == "prefect.flow_engine":  # a model process's subflow starts here
+            run_flow = module.run_flow
+
+            @functools.wraps(run_flow)
+            def run_flow_call(*args, **kwargs):
+                self.on_flow_start()
+                return run_flow(*args, **kwargs)
+
+            module.run_flow = run_flow_call
         for path, category in self.by_module.get(module.__name__, []):
             target = f"{module.__name__}:{path}"
             if not self.profile.instrument(module, path, category, target in CONTEXT_MANAGERS):
