@@ -51,6 +51,24 @@ def examples(n: int = 24, seed: int = 0) -> list[Example]:
     return out
 
 
+def tiny_dataset(n_items: int, sequences: list[np.ndarray], max_history: int):
+    """A Dataset of `n_items` items (titles t<i>, texts "item <i>"), one user per sequence."""
+    import polars as pl
+
+    from components.data import Dataset
+
+    items = pl.DataFrame(
+        {
+            "item_idx": np.arange(n_items, dtype=np.int64),
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"t{i}" for i in range(n_items)],
+            "text": [f"item {i}" for i in range(n_items)],
+        }
+    )
+    users = [f"u{i}" for i in range(len(sequences))]
+    return Dataset(items=items, user_ids=users, sequences=sequences, max_history=max_history)
+
+
 def reference_loss(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
     """The model's own forward, head on labelled positions (the path other models take)."""
     hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
@@ -151,11 +169,9 @@ def test_train_precision_param_reaches_the_trainer(
 ) -> None:
     """params.yaml `train.precision` -> the flows' TrainingSession (scratch and champion
     starts) -> its Trainer."""
-    import polars as pl
     import yaml
 
     from components.config import load_params
-    from components.data import Dataset
     from components.model.recommender import GenerativeRecommender
     from components.model.session import TrainingSession
     from flows.train import training_config
@@ -166,16 +182,7 @@ def test_train_precision_param_reaches_the_trainer(
         monkeypatch.setenv("SIIT_TRAIN_PRECISION", env)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"precision": param}}))
     params = load_params(tmp_path / "params.yaml")
-    items = pl.DataFrame(
-        {
-            "item_idx": np.arange(4, dtype=np.int64),
-            "item_id": [f"i{i}" for i in range(4)],
-            "title": [f"t{i}" for i in range(4)],
-            "text": [f"item {i}" for i in range(4)],
-        }
-    )
-    sequences = [np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])]
-    dataset = Dataset(items=items, user_ids=["u0", "u1"], sequences=sequences, max_history=3)
+    dataset = tiny_dataset(4, [np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])], max_history=3)
     model_cfg = params.model.model_copy(
         update={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
     )
@@ -262,33 +269,17 @@ def test_per_row_losses_are_each_rows_own_loss() -> None:
             )
 
 
-def _session(codes: np.ndarray, batch_size: int = 256):
+def _session(codes: np.ndarray):
     """A tiny TrainingSession on 10 items, histories of 3: many windows, each a few items."""
-    import polars as pl
-
     from components.config import EvaluateConfig, ModelConfig
-    from components.data import Dataset
     from components.model.recommender import GenerativeRecommender
     from components.model.session import TrainingSession
 
     n = len(codes)
-    items = pl.DataFrame(
-        {
-            "item_idx": np.arange(n, dtype=np.int64),
-            "item_id": [f"i{i}" for i in range(n)],
-            "title": [f"t{i}" for i in range(n)],
-            "text": [f"item {i}" for i in range(n)],
-        }
-    )
     rng = np.random.default_rng(0)
     sequences = [rng.choice(n, size=rng.integers(3, 9), replace=False) for _ in range(30)]
     sequences += [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7, 8, 9])]  # windows without 9 / 0
-    dataset = Dataset(
-        items=items,
-        user_ids=[f"u{i}" for i in range(len(sequences))],
-        sequences=sequences,
-        max_history=3,
-    )
+    dataset = tiny_dataset(n, sequences, max_history=3)
     cfg = ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     rec = GenerativeRecommender.create(cfg, (4, 4), [f"item {i}" for i in range(n)], seed=0)
     return TrainingSession(rec, dataset, codes, TrainConfig(batch_size=8), EvaluateConfig(), 1)
