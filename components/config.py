@@ -190,7 +190,21 @@ class TrainConfig(Strict):
         ge=0,
         description="seqrec windows: targets trained per window after the first (each sees at "
         "most data.max_history items); 0 = about half a history (a target costs ~2 items of "
-        "forward pass), data.max_history = windows overlapping by one item (~1)",
+        "forward pass), data.max_history = windows overlapping by one item (~1); banded: 0 = "
+        "twice a history (~1.5), any number",
+    )
+    banded: bool = Field(
+        False,
+        description="seqrec windows longer than a history with banded attention: every target "
+        "sees exactly its last data.max_history items, as in evaluation (decoder-only tiny "
+        "profile; other models train on plain windows)",
+    )
+    band_min: int = Field(
+        0,
+        ge=0,
+        description="banded windows in training: each target's band is drawn per step, "
+        "uniformly from band_min to data.max_history items (varied context, as plain windows "
+        "give); 0 = always data.max_history",
     )
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
@@ -324,11 +338,16 @@ class Params(Strict):
                 f"siit.fixed_levels ({self.siit.fixed_levels}) must be below tokenize.levels "
                 f"({self.tokenize.levels}): at least one level must be free to change"
             )
-        if self.train.window_stride > self.data.max_history:
+        if self.train.band_min > self.data.max_history:
+            raise ValueError(
+                f"train.band_min ({self.train.band_min}) must be at most data.max_history "
+                f"({self.data.max_history})"
+            )
+        if self.train.window_stride > self.data.max_history and not self.train.banded:
             raise ValueError(
                 f"train.window_stride ({self.train.window_stride}) must be at most "
                 f"data.max_history ({self.data.max_history}): no target may see more history "
-                "than evaluation gives it, nor be skipped"
+                "than evaluation gives it, nor be skipped (train.banded windows may be longer)"
             )
         return self
 

@@ -27,3 +27,12 @@ def test_epochs_must_split_into_rounds(tmp_path: Path) -> None:
     path.write_text("train:\n  epochs: 5\nsiit:\n  rounds: 2\n")
     with pytest.raises(ConfigError, match="multiple of siit.rounds"):
         load_params(path)
+
+
+def test_a_stride_beyond_a_history_needs_banded_windows(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  max_history: 20\ntrain:\n  window_stride: 40\n")
+    with pytest.raises(ConfigError, match="train.banded"):
+        load_params(path)
+    path.write_text("data:\n  max_history: 20\ntrain:\n  window_stride: 40\n  banded: true\n")
+    assert load_params(path).train.window_stride == 40

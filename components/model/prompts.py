@@ -29,6 +29,10 @@ def template_texts() -> list[str]:
 class Example:
     input_ids: list[int]
     labels: list[int]
+    # a banded seqrec window: (prefix tokens, tokens per item, history) when every item token
+    # may attend only to the prompt prefix and the `history` items before the item it predicts
+    # (`components.model.training.band_mask`); None: plain causal attention
+    band: tuple[int, int, int] | None = None
 
 
 class PromptBuilder:
@@ -59,11 +63,12 @@ class PromptBuilder:
         """Prompt whose continuation is the next item's identifier."""
         return self._seqrec_prefix + self.item_tokens[np.asarray(history)].reshape(-1).tolist()
 
-    def seqrec_window(self, window: np.ndarray, min_history: int = 1) -> Example:
+    def seqrec_window(self, window: np.ndarray, min_history: int = 1, band: int = 0) -> Example:
         """All next-item targets of a window in one sequence (causal LM, one pass).
 
         Every item after the first `min_history` is a response to the items before it, so one
-        forward pass trains len(window) - min_history next-item predictions.
+        forward pass trains len(window) - min_history next-item predictions. `band` > 0: each
+        target attends to at most that many items before it (a window longer than a history).
         """
         ids = self.item_tokens[np.asarray(window)]
         n_prefix = len(self._seqrec_prefix)
@@ -71,7 +76,7 @@ class PromptBuilder:
         labels = [IGNORE] * (n_prefix + ids.shape[1] * min_history) + ids[min_history:].reshape(
             -1
         ).tolist()
-        return Example(input_ids, labels)
+        return Example(input_ids, labels, (n_prefix, ids.shape[1], band) if band else None)
 
     # item2id ------------------------------------------------------------------------
     def item2id_prompt(self, text: str) -> list[int]:

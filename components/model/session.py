@@ -6,6 +6,7 @@ Step-wise on purpose: an orchestrator (the Prefect flow) calls `train_epoch` and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,12 +22,16 @@ from components.model.regularization import add_residual_dropout
 from components.model.training import (
     Trainer,
     collate,
+    epoch_steps,
     length_bucketed_batches,
     precision_context,
     response_loss,
     seqrec_windows,
+    supports_banded,
     task_examples,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +52,20 @@ class TrainingSession:
     def __post_init__(self) -> None:
         add_residual_dropout(self.rec.model, self.residual_dropout)
         self.set_codes(self.codes)
-        steps = sum(-(-len(v) // self.train_cfg.batch_size) for v in self._examples(0).values())
+        # seqrec layout: banded windows where the model can take them (train.banded)
+        self.banded = self.train_cfg.banded and supports_banded(self.rec.model)
+        self.stride = self.train_cfg.window_stride
+        if self.train_cfg.banded and not self.banded and not self.rec.is_encoder_decoder:
+            if self.stride > self.dataset.max_history:
+                self.stride = 0
+            log.warning(
+                "train.banded: %s cannot train on banded windows; plain windows instead "
+                "(train.window_stride %d)",
+                type(self.rec.model).__name__,
+                self.stride,
+            )
+        batch = self.train_cfg.batch_size
+        steps = sum(epoch_steps(v, batch) for v in self._examples(0).values())
         self.trainer = Trainer(
             self.rec.model, self.train_cfg, steps_per_epoch=steps, total_epochs=self.total_epochs
         )
@@ -68,7 +86,8 @@ class TrainingSession:
             max_history=self.dataset.max_history,
             rng=rng,
             one_per_target=self.rec.is_encoder_decoder,
-            stride=self.train_cfg.window_stride,
+            stride=self.stride,
+            banded=self.banded,
         )
 
     def train_epoch(self) -> dict[str, float]:
@@ -110,8 +129,10 @@ class TrainingSession:
             self.dataset.train_sequences(),
             self.dataset.max_history,
             one_per_target=self.rec.is_encoder_decoder,
-            stride=self.train_cfg.window_stride,
+            stride=self.stride,
+            banded=self.banded,
         )
+        band = self.dataset.max_history if self.banded else 0
         if reuse is not None and len(reuse.sums) != len(windows):
             raise ValueError(
                 f"window losses to reuse cover {len(reuse.sums)} windows, this data has {len(windows)}"
@@ -130,7 +151,7 @@ class TrainingSession:
         for start in range(0, len(todo), batch_size):
             self.step()
             rows = todo[start : start + batch_size]
-            batch = collate([self.prompts.seqrec_window(*windows[i]) for i in rows], pad)
+            batch = collate([self.prompts.seqrec_window(*windows[i], band=band) for i in rows], pad)
             batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
             with precision_context(device, self.trainer.precision):  # as training computes it
                 loss = response_loss(self.rec.model, batch, per_row=True)

@@ -54,6 +54,7 @@ def seqrec_examples(
     max_history: int,
     one_per_target: bool = False,
     stride: int = 0,
+    banded: bool = False,
 ) -> list[Example]:
     """Each training target exactly once, with at most `max_history` items of context, as in
     evaluation (train as you evaluate).
@@ -68,10 +69,18 @@ def seqrec_examples(
     and `max_history` items. At half a history a target costs about two items of forward
     pass; at `max_history` the windows overlap by one item (as SASRec trains: a target sees
     1 to `max_history` items) and a target costs about one.
+
+    banded (`train.banded`): a window holds `max_history + stride` items (stride 0: twice a
+    history) and its attention is banded, so that every target sees exactly its last
+    `max_history` items (fewer only at the start of a sequence), as evaluation gives them; a
+    target costs `(max_history + stride) / stride` items of forward pass (1.5 at the default).
     """
+    band = max_history if banded and not one_per_target else 0
     return [
-        prompts.seqrec_window(window, min_history=min_history)
-        for window, min_history in seqrec_windows(sequences, max_history, one_per_target, stride)
+        prompts.seqrec_window(window, min_history=min_history, band=band)
+        for window, min_history in seqrec_windows(
+            sequences, max_history, one_per_target, stride, banded
+        )
     ]
 
 
@@ -80,6 +89,7 @@ def seqrec_windows(
     max_history: int,
     one_per_target: bool = False,
     stride: int = 0,
+    banded: bool = False,
 ) -> list[tuple[np.ndarray, int]]:
     """The items of every `seqrec_examples` row, in its order, and how many of them lead in
     unlabelled (map-free: which rows a change of identifiers touches)."""
@@ -90,18 +100,25 @@ def seqrec_windows(
                 window = seq[max(0, t - max_history) : t + 1]
                 out.append((window, len(window) - 1))
         return out
-    if stride < 0 or stride > max_history:
-        raise ValueError(f"window stride must be 0 (half a history) to {max_history}, not {stride}")
-    stride = stride or max(1, (max_history + 1) // 2)
+    if banded:
+        stride = stride or 2 * max_history
+        first, lead = max_history + stride, max_history
+    else:
+        if stride < 0 or stride > max_history:
+            raise ValueError(
+                f"window stride must be 0 (half a history) to {max_history}, not {stride}"
+            )
+        stride = stride or max(1, (max_history + 1) // 2)
+        first, lead = max_history + 1, max_history + 1 - stride
     for seq in sequences:
         n = len(seq)
         if n < 2:
             continue
-        done = min(n, max_history + 1)
+        done = min(n, first)
         out.append((seq[:done], 1))
         while done < n:
             end = min(n, done + stride)
-            start = max(0, end - max_history - 1)
+            start = max(0, min(done - lead, end - max_history - 1))
             out.append((seq[start:end], done - start))
             done = end
     return out
@@ -118,9 +135,10 @@ def task_examples(
     rng: np.random.Generator,
     one_per_target: bool = False,
     stride: int = 0,
+    banded: bool = False,
 ) -> dict[str, list[Example]]:
     """One epoch's examples per task; a weight is the expected passes over that task's data.
-    one_per_target, stride: how seqrec targets are laid out (`seqrec_examples`)."""
+    one_per_target, stride, banded: how seqrec targets are laid out (`seqrec_examples`)."""
 
     def sample(pool: list[Example], weight: float) -> list[Example]:
         whole, frac = int(weight), weight - int(weight)
@@ -134,7 +152,7 @@ def task_examples(
     out: dict[str, list[Example]] = {}
     if weights.seqrec > 0:
         out["seqrec"] = sample(
-            seqrec_examples(prompts, train_sequences, max_history, one_per_target, stride),
+            seqrec_examples(prompts, train_sequences, max_history, one_per_target, stride, banded),
             weights.seqrec,
         )
     if weights.item2id > 0:
@@ -154,6 +172,11 @@ class Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     n_label_tokens: int
+    # banded seqrec windows (`Example.band`): the band, and which rows have it (bool [rows])
+    band: tuple[int, int, int] | None = None
+    band_rows: torch.Tensor | None = None
+    # training only (`train.band_min`): each target item's band this step, long [items]
+    band_widths: torch.Tensor | None = None
 
 
 def length_bucketed_batches(
@@ -163,16 +186,52 @@ def length_bucketed_batches(
     rng: np.random.Generator,
     bucket_factor: int = 50,
 ) -> Iterator[Batch]:
-    """Shuffle, sort within large buckets by length, batch, shuffle batches: little padding."""
+    """Shuffle, sort within large buckets by length, batch, shuffle batches: little padding.
+
+    A batch holds `batch_size` examples, counted in `batch_units`: a banded window counts as
+    the plain windows its targets would fill, so the steps of an epoch and the targets of a
+    step are those of plain windows (the optimisation is the same, only cheaper)."""
     order = rng.permutation(len(examples))
+    units = np.array([batch_units(e) for e in examples])
     chunks: list[np.ndarray] = []
     bucket = batch_size * bucket_factor
     for start in range(0, len(order), bucket):
         block = order[start : start + bucket]
         block = block[np.argsort([len(examples[i].input_ids) for i in block], kind="stable")]
-        chunks.extend(block[i : i + batch_size] for i in range(0, len(block), batch_size))
+        chunks.extend(_fill(block, units[block], batch_size))
     for b in rng.permutation(len(chunks)):
         yield collate([examples[i] for i in chunks[b]], pad_id)
+
+
+def batch_units(example: Example) -> float:
+    """What an example counts for in a batch: 1, or for a banded window its targets over a
+    plain window's (about half a history)."""
+    if example.band is None:
+        return 1.0
+    _, levels, history = example.band
+    targets = sum(label != IGNORE for label in example.labels) / levels
+    return targets / max(1, (history + 1) // 2)
+
+
+def epoch_steps(examples: list[Example], batch_size: int) -> int:
+    """About how many batches `length_bucketed_batches` makes of `examples` (exactly, when
+    every example counts 1)."""
+    return math.ceil(sum(batch_units(e) for e in examples) / batch_size - 1e-9)
+
+
+def _fill(block: np.ndarray, units: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive runs of `block` holding at most `batch_size` units each (at least one
+    example): runs of `batch_size` examples when every unit is 1."""
+    if bool((units == 1).all()):
+        return [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
+    out, start, total = [], 0, 0.0
+    for i, u in enumerate(units):
+        if i > start and total + u > batch_size + 1e-9:
+            out.append(block[start:i])
+            start, total = i, 0.0
+        total += u
+    out.append(block[start:])
+    return out
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -196,11 +255,18 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         count=int(label_lengths.sum()),
     )
     n_label = int((labels[:, 1:] != IGNORE).sum())
+    bands = {e.band for e in examples} - {None}
+    if len(bands) > 1:
+        raise ValueError(f"one batch holds windows of different bands: {sorted(bands)}")
+    band = bands.pop() if bands else None
+    band_rows = torch.tensor([e.band is not None for e in examples]) if band is not None else None
     return Batch(
         torch.from_numpy(ids),
         torch.from_numpy(mask.astype(np.int64)),
         torch.from_numpy(labels),
         n_label,
+        band,
+        band_rows,
     )
 
 
@@ -209,10 +275,18 @@ def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -
 
     The mean over the batch's labelled tokens, or with `per_row` each row's sum (float32, one
     per row: the loss of a batch's rows can then be reused one by one)."""
-    if is_encoder_decoder(model):
+    mask = band_mask(batch)
+    if is_encoder_decoder(model) and mask is None:
         logits, targets, selected = _seq2seq_response_logits(model, batch.input_ids, batch.labels)
-    elif _fast_llama(model, batch.input_ids.device):
-        logits, targets, selected = _llama_response_logits(model, batch.input_ids, batch.labels)
+    elif _fast_llama(model, batch.input_ids.device, banded=mask is not None):
+        logits, targets, selected = _llama_response_logits(
+            model, batch.input_ids, batch.labels, mask
+        )
+    elif mask is not None:
+        raise ValueError(
+            "banded seqrec windows (train.banded) train through the Llama training path only; "
+            f"{type(model).__name__} cannot take it (supports_banded)"
+        )
     else:
         # Right padding + causal attention: real tokens never attend to the padding, so no mask
         # is needed, and without one SDPA takes its fast causal kernel (a padding mask is ~8x
@@ -228,6 +302,49 @@ def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -
     return torch.zeros(selected.shape[0], dtype=token.dtype, device=token.device).index_add_(
         0, rows, token
     )
+
+
+def band_mask(batch: Batch) -> torch.Tensor | None:
+    """The attention that banded windows need, as a bool `blocked` mask (True: may not attend;
+    the causal mask included): [length, length] shared by the batch's rows, or [rows, length,
+    length] when rows without the band are long enough to tell the difference. None: plain
+    causal attention is already exact (no band, or windows no longer than a history).
+
+    With `prefix` prompt tokens before items of `levels` tokens each, a token predicts the
+    next token, which belongs to item t = (position - prefix + 1) // levels; it may attend to
+    the prefix and to items t - history .. t, causally: exactly the context that evaluation
+    gives when it generates item t after its last `history` items. With `band_widths`
+    (training, `train.band_min`), item t's band is `band_widths[t]` items instead."""
+    if batch.band is None:
+        return None
+    prefix, levels, history = batch.band
+    length = batch.input_ids.shape[1]
+    widths = batch.band_widths
+    shortest = history if widths is None else int(widths.min())
+    first = prefix + levels * (shortest + 1) - 1  # the first position the band can restrict
+    if length <= first:
+        return None
+    device = batch.input_ids.device
+    pos = torch.arange(length, device=device)
+    item = torch.div(pos - prefix, levels, rounding_mode="floor")  # a key's item, prefix < 0
+    target = torch.div(pos - prefix + 1, levels, rounding_mode="floor")  # a query's target item
+    if widths is None:
+        band = torch.full_like(target, history)
+    else:
+        band = widths.to(device)[target.clamp(0, len(widths) - 1)]
+    blocked = (pos[None, :] > pos[:, None]) | (
+        (pos[:, None] >= prefix)
+        & (pos[None, :] >= prefix)
+        & (item[None, :] < (target - band)[:, None])
+    )
+    rows = batch.band_rows
+    if rows is None or bool(rows.all()):
+        return blocked
+    plain_lengths = batch.attention_mask[~rows.to(batch.attention_mask.device)].sum(1)
+    if int(plain_lengths.max()) <= first:  # other rows end before the band restricts anything
+        return blocked
+    causal = pos[None, :] > pos[:, None]
+    return torch.where(rows.to(device)[:, None, None], blocked, causal)
 
 
 def seq2seq_split(
@@ -275,14 +392,15 @@ def _seq2seq_response_logits(
 # The CPU training path of a plain Llama --------------------------------------------------------
 
 
-def _fast_llama(model: torch.nn.Module, device: torch.device) -> bool:
+def _fast_llama(model: torch.nn.Module, device: torch.device, banded: bool = False) -> bool:
     """Whether `_llama_response_logits` computes exactly what the model's own forward would: a
-    stock `LlamaForCausalLM` on the CPU, default RoPE, no biases, SiLU, as many k/v heads as
-    query heads, and no hooks but plain forward hooks on the embeddings and the attention and
-    MLP blocks (residual dropout), which it calls itself."""
+    stock `LlamaForCausalLM`, default RoPE, no biases, SiLU, as many k/v heads as query heads,
+    and no hooks but plain forward hooks on the embeddings and the attention and MLP blocks
+    (residual dropout), which it calls itself. It is the path on the CPU, and on any device
+    for banded windows (whose attention the model's own forward does not take)."""
     from transformers import LlamaForCausalLM
 
-    if device.type != "cpu" or type(model) is not LlamaForCausalLM:
+    if (device.type != "cpu" and not banded) or type(model) is not LlamaForCausalLM:
         return False
     c = model.config
     rope = getattr(c, "rope_parameters", None) or {}
@@ -316,6 +434,12 @@ def _fast_llama(model: torch.nn.Module, device: torch.device) -> bool:
     )
 
 
+def supports_banded(model: torch.nn.Module) -> bool:
+    """Whether `model` can train on banded seqrec windows (`train.banded`): the Llama training
+    path can take it (the tiny decoder-only profile; not T5, not a LoRA-wrapped model)."""
+    return _fast_llama(model, torch.device("cpu"), banded=True)
+
+
 def _hooks(module: torch.nn.Module, inputs: tuple, output):
     """The module's forward hooks, as its own `__call__` would run them."""
     for hook in module._forward_hooks.values():
@@ -346,10 +470,14 @@ def _dropout_keep(
 
 
 def _llama_hidden(
-    model: torch.nn.Module, input_ids: torch.Tensor, selected: torch.Tensor | None = None
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    selected: torch.Tensor | None = None,
+    blocked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The decoder's last hidden states before the final norm: [batch, length, hidden], or
     with `selected` (bool [batch, length]) only at those positions: [n_selected, hidden].
+    `blocked` (`band_mask`): the attention mask, [length, length] or per row; None: causal.
 
     Only the last layer's keys and values are needed at the other positions, so with
     `selected` its attention output projection, residual and MLP run at the selected
@@ -368,7 +496,14 @@ def _llama_hidden(
     # x * cos + rotate_half(x) * sin == x * [cos, cos] + swap_halves(x) * [-sin, sin]
     cos = torch.cat((cos, cos), -1).view(length, 1, 1, head_dim)
     sin = torch.cat((-sin, sin), -1).view(length, 1, 1, head_dim)
-    causal = torch.full((length, length), float("-inf"), device=input_ids.device).triu(1)
+    if blocked is None:
+        causal = torch.full((length, length), float("-inf"), device=input_ids.device).triu(1)
+    else:
+        causal = torch.zeros(blocked.shape, device=input_ids.device).masked_fill(
+            blocked, float("-inf")
+        )
+        if causal.dim() == 3:  # one mask per row: the same for each of its heads
+            causal = causal[:, None].expand(batch, heads, length, length).flatten(0, 1)
 
     h = _hooks(inner.embed_tokens, (input_ids,), inner.embed_tokens(input_ids))
     layers = inner.layers[: c.num_hidden_layers]
@@ -406,12 +541,15 @@ def _llama_hidden(
 
 
 def _llama_response_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    blocked: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     targets = labels[:, 1:]
     selected = targets != IGNORE
     positions = F.pad(selected, (0, 1))  # position t predicts token t + 1
-    hidden = _llama_hidden(model, input_ids, positions)  # [n_selected, hidden]
+    hidden = _llama_hidden(model, input_ids, positions, blocked)  # [n_selected, hidden]
     x = _rms_norm(hidden, model.model.norm)
     return F.linear(x, model.lm_head.weight), targets, selected
 
@@ -448,7 +586,10 @@ def shard(batch: Batch) -> tuple[Batch, float]:
     width = int(mask.sum(1).max())
     labels = batch.labels[rows, :width]
     n_label = int((labels[:, 1:] != IGNORE).sum()) if real else 0
-    local = Batch(batch.input_ids[rows, :width], mask[:, :width], labels, n_label)
+    band_rows = batch.band_rows[rows] if batch.band_rows is not None else None
+    local = Batch(
+        batch.input_ids[rows, :width], mask[:, :width], labels, n_label, batch.band, band_rows
+    )
     return local, n_label * distributed.world_size() / max(1, batch.n_label_tokens)
 
 
@@ -460,9 +601,16 @@ class _ResponseLossModule(torch.nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        band: tuple[int, int, int] | None = None,
+        band_rows: torch.Tensor | None = None,
+        band_widths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return response_loss(self.model, Batch(input_ids, attention_mask, labels, 0))
+        batch = Batch(input_ids, attention_mask, labels, 0, band, band_rows, band_widths)
+        return response_loss(self.model, batch)
 
 
 def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -551,9 +699,19 @@ class Trainer:
                 batch.attention_mask.to(device),
                 batch.labels.to(device),
                 batch.n_label_tokens,
+                batch.band,
+                batch.band_rows,
+                self._band_widths(batch),
             )
             with precision_context(device, self.precision):
-                loss = self._loss(batch.input_ids, batch.attention_mask, batch.labels)
+                loss = self._loss(
+                    batch.input_ids,
+                    batch.attention_mask,
+                    batch.labels,
+                    band=batch.band,
+                    band_rows=batch.band_rows,
+                    band_widths=batch.band_widths,
+                )
             self.optimizer.zero_grad(set_to_none=True)
             (loss * share).backward()
             torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip, foreach=True)
@@ -574,6 +732,16 @@ class Trainer:
             "steps": steps,
             "tokens_per_s": tokens / max(seconds, 1e-9),
         }
+
+    def _band_widths(self, batch: Batch) -> torch.Tensor | None:
+        """`train.band_min`: each target item's band this step, uniform in [band_min, history]
+        (the torch RNG, seeded per epoch: deterministic); None: every band the full history."""
+        if batch.band is None or not self.cfg.band_min:
+            return None
+        prefix, levels, history = batch.band
+        items = (batch.input_ids.shape[1] - prefix) // levels + 1
+        low = min(self.cfg.band_min, history)
+        return torch.randint(low, history + 1, (items,))
 
     def state_dict(self) -> dict:
         return {

@@ -269,7 +269,7 @@ def test_per_row_losses_are_each_rows_own_loss() -> None:
             )
 
 
-def _session(codes: np.ndarray):
+def _session(codes: np.ndarray, **train):
     """A tiny TrainingSession on 10 items, histories of 3: many windows, each a few items."""
     from components.config import EvaluateConfig, ModelConfig
     from components.model.recommender import GenerativeRecommender
@@ -282,14 +282,17 @@ def _session(codes: np.ndarray):
     dataset = tiny_dataset(n, sequences, max_history=3)
     cfg = ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     rec = GenerativeRecommender.create(cfg, (4, 4), [f"item {i}" for i in range(n)], seed=0)
-    return TrainingSession(rec, dataset, codes, TrainConfig(batch_size=8), EvaluateConfig(), 1)
+    cfg = TrainConfig(batch_size=8, **train)
+    return TrainingSession(rec, dataset, codes, cfg, EvaluateConfig(), 1)
 
 
-def test_seqrec_loss_after_a_refinement_scores_only_windows_with_a_moved_item() -> None:
+@pytest.mark.parametrize("banded", [False, True])
+def test_seqrec_loss_after_a_refinement_scores_only_windows_with_a_moved_item(banded: bool) -> None:
     """The immediate effect's second loss pass: the windows holding an item whose identifier
     moved are scored again, the others taken over, and the result is the full pass's."""
     codes = np.array([[i // 4, i % 4] for i in range(10)])
-    session = _session(codes)
+    session = _session(codes, banded=banded, window_stride=4 if banded else 0)
+    assert session.banded == banded
     before = session.seqrec_loss()
     assert before.rescored == len(before.sums) and before.rescored_share == 1.0
     assert session.seqrec_loss(before).rescored == 0  # nothing moved: nothing scored
@@ -307,15 +310,18 @@ def test_seqrec_loss_after_a_refinement_scores_only_windows_with_a_moved_item() 
     np.testing.assert_array_equal(reused.counts, full.counts)
     assert reused.mean == pytest.approx(full.mean, rel=1e-6)
     # per identifier token, as the training loss: the counts are the rows' label tokens
-    rows = training.seqrec_examples(session.prompts, session.dataset.train_sequences(), 3)
+    rows = session._examples(0)["seqrec"]
     assert full.counts.sum() == collate(rows, pad_id=0).n_label_tokens
+    assert all((row.band is not None) == banded for row in rows)
+    assert session.train_epoch()["loss"] > 0
 
 
 def _windows(session) -> list:
     return training.seqrec_windows(
         session.dataset.train_sequences(),
         session.dataset.max_history,
-        stride=session.train_cfg.window_stride,
+        stride=session.stride,
+        banded=session.banded,
     )
 
 
@@ -331,3 +337,193 @@ def test_seqrec_windows_are_the_rows_of_seqrec_examples() -> None:
         rows = training.seqrec_examples(session.prompts, sequences, 3, stride=stride)
         windows = training.seqrec_windows(sequences, 3, stride=stride)
         assert rows == [session.prompts.seqrec_window(w, min_history=h) for w, h in windows]
+
+
+# Banded windows (train.banded) ---------------------------------------------------------------
+
+
+class _CharIds:
+    """A tokenizer stand-in: one token per character (ids 3-9), BOS 1, EOS 2, PAD 0."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [3 + ord(c) % 7 for c in text]}
+
+
+def _visible_items(example: Example, blocked: torch.Tensor, window: np.ndarray) -> dict:
+    """For each labelled item of a banded window: the window's items its first token's
+    prediction may attend to (from `blocked`, [length, length]), and the prefix it sees."""
+    prefix, levels, _ = example.band
+    out = {}
+    for j in range(len(window)):
+        q = prefix + levels * j - 1  # this position predicts item j's first token
+        if example.labels[q + 1] == IGNORE:
+            continue
+        keys = (~blocked[q, : q + 1]).nonzero().flatten().tolist()
+        assert keys[:prefix] == list(range(prefix))  # the prompt prefix, always
+        out[j] = sorted({(k - prefix) // levels for k in keys[prefix:]})
+    return out
+
+
+@pytest.mark.parametrize("history,stride", [(3, 0), (3, 2), (4, 7), (2, 1)])
+def test_banded_windows_train_every_target_once_on_exactly_its_last_history(
+    history: int, stride: int
+) -> None:
+    """Train as you evaluate, exactly: every target is trained once and attends to the prompt
+    prefix and its last `history` items (all of them when it has fewer), never more."""
+    rng = np.random.default_rng(history + stride)
+    codes = rng.integers(10, 40, size=(30, 2))
+    prompts = training.PromptBuilder(_CharIds(), codes)
+    sequences = [rng.integers(0, 30, size=n) for n in (2, 3, 5, 9, 16, 31)]
+    trained: list[tuple[int, int]] = []
+    for s, seq in enumerate(sequences):
+        windows = training.seqrec_windows([seq], history, stride=stride, banded=True)
+        rows = training.seqrec_examples(prompts, [seq], history, stride=stride, banded=True)
+        assert rows == [prompts.seqrec_window(w, h, band=history) for w, h in windows]
+        offset = 0
+        for (window, lead), row in zip(windows, rows, strict=True):
+            start = next(
+                i for i in range(len(seq)) if np.array_equal(seq[i : i + len(window)], window)
+            )
+            start = max(start, offset - lead)
+            blocked = training.band_mask(collate([row], pad_id=0))
+            if blocked is None:  # no longer than a history: causal is the band
+                blocked = torch.ones(len(row.input_ids), len(row.input_ids), dtype=torch.bool).triu(
+                    1
+                )
+            for j, items in _visible_items(row, blocked, window).items():
+                target = start + j
+                trained.append((s, target))
+                assert items == list(range(max(0, j - history), j))  # its last `history` items
+            offset = start + len(window)
+    expected = [(s, t) for s, seq in enumerate(sequences) for t in range(1, len(seq))]
+    assert sorted(trained) == expected
+
+
+def _banded_batch(long_plain_row: bool) -> Batch:
+    rng = np.random.default_rng(1)
+    codes = rng.integers(10, VOCAB, size=(30, 3))
+    prompts = training.PromptBuilder(_CharIds(), codes)
+    sequences = [rng.integers(0, 30, size=n) for n in (3, 9, 17, 25)]
+    rows = training.seqrec_examples(prompts, sequences, 4, stride=9, banded=True)
+    text = "a long item text " * 3 if long_plain_row else "ab"  # longer than the band, or not
+    rows.append(prompts.item2id(text, 1))
+    return collate(rows, pad_id=0)
+
+
+@pytest.mark.parametrize(
+    "long_plain_row,widths", [(False, False), (True, False), (True, True), (False, True)]
+)
+def test_banded_loss_is_the_model_forward_under_the_band_mask(
+    long_plain_row: bool, widths: bool
+) -> None:
+    """Loss and gradients of the Llama path on banded windows (with an unbanded row in the
+    batch, short or long enough to need its own mask; with bands drawn per target as
+    `train.band_min` does) are transformers' forward given the band as a 4D mask; the band
+    restricts something (not merely causal)."""
+    batch = _banded_batch(long_plain_row)
+    if widths:
+        prefix, levels, history = batch.band
+        items = (batch.input_ids.shape[1] - prefix) // levels + 1
+        batch.band_widths = torch.randint(
+            1, history + 1, (items,), generator=torch.Generator().manual_seed(0)
+        )
+        assert int(batch.band_widths.min()) < history
+    blocked = training.band_mask(batch)
+    assert blocked is not None and blocked.dim() == (3 if long_plain_row else 2)
+    causal = torch.ones(blocked.shape[-2:], dtype=torch.bool).triu(1)
+    assert bool((blocked & ~causal).any())
+    if long_plain_row:
+        assert torch.equal(blocked[-1], causal)  # the unbanded row attends causally
+    if widths:  # each target sees the last band_widths[t] items
+        prefix, levels, _ = batch.band
+        for t in range(1, len(batch.band_widths)):
+            q = prefix + levels * t - 1
+            if q >= blocked.shape[-1]:
+                break
+            row = blocked[0] if blocked.dim() == 3 else blocked
+            keys = (~row[q, : q + 1]).nonzero().flatten().tolist()[prefix:]
+            items = sorted({(k - prefix) // levels for k in keys})
+            assert items == list(range(max(0, t - int(batch.band_widths[t])), t))
+    model = tiny_llama().eval()
+    ours = response_loss(model, batch, per_row=True)
+    rows = blocked if blocked.dim() == 3 else blocked.expand(len(ours), -1, -1)
+    mask = torch.zeros(rows.shape).masked_fill(rows, float("-inf"))[:, None]
+    logits = model(input_ids=batch.input_ids, attention_mask=mask).logits[:, :-1]
+    targets = batch.labels[:, 1:]
+    selected = targets != IGNORE
+    token = F.cross_entropy(logits[selected].float(), targets[selected], reduction="none")
+    theirs = torch.zeros(len(ours)).index_add_(0, selected.nonzero(as_tuple=True)[0], token)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+    params = list(model.parameters())
+    for a, b in zip(
+        torch.autograd.grad(ours.sum(), params),
+        torch.autograd.grad(theirs.sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_banded_windows_need_a_model_that_can_take_them() -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    batch = _banded_batch(long_plain_row=False)
+    assert training.supports_banded(tiny_llama())
+    t5 = T5ForConditionalGeneration(
+        T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    )
+    assert not training.supports_banded(t5)
+    with pytest.raises(ValueError, match="banded"):
+        response_loss(t5, batch)
+
+
+def test_banded_windows_fill_batches_as_the_plain_windows_of_their_targets() -> None:
+    """A banded window counts as the plain windows (half a history of targets each) its
+    targets would fill: an epoch has about the plain layout's steps, each holding at most
+    `batch_size` of them, every example once; plain examples still come `batch_size` a batch."""
+    rng = np.random.default_rng(3)
+    codes = rng.integers(10, 40, size=(30, 2))
+    prompts = training.PromptBuilder(_CharIds(), codes)
+    sequences = [rng.integers(0, 30, size=n) for n in rng.integers(2, 60, size=40)]
+    banded = training.seqrec_examples(prompts, sequences, 4, stride=8, banded=True)
+    plain = training.seqrec_examples(prompts, sequences, 4)
+    assert len(banded) < len(plain) // 2
+    units = [training.batch_units(e) for e in banded]
+    assert sum(units) * 2 == sum(len(s) - 1 for s in sequences)  # 2 targets a plain window
+    batches = list(length_bucketed_batches(banded, 32, 0, np.random.default_rng(0)))
+    assert sum(len(b.input_ids) for b in batches) == len(banded)
+    for b in batches:  # the units of a batch, from its labelled targets (2 tokens each)
+        assert float((b.labels[:, 1:] != IGNORE).sum()) / 2 / 2 <= 32
+    assert abs(len(batches) - training.epoch_steps(banded, 32)) <= 2
+    assert abs(training.epoch_steps(banded, 32) - training.epoch_steps(plain, 32)) <= 2
+    sizes = [
+        len(b.input_ids) for b in length_bucketed_batches(plain, 8, 0, np.random.default_rng(0))
+    ]
+    assert sorted(sizes)[1:] == [8] * (len(sizes) - 1)  # plain: batch_size a batch
+
+
+def test_banded_training_with_drawn_bands_is_deterministic() -> None:
+    """`train.band_min` draws bands from the seeded torch RNG: the same run twice gives the
+    same losses, and other losses than full bands."""
+    rng = np.random.default_rng(5)
+    codes = rng.integers(10, VOCAB, size=(30, 2))
+    prompts = training.PromptBuilder(_CharIds(), codes)
+    data = training.seqrec_examples(
+        prompts, [rng.integers(0, 30, size=n) for n in (12, 20, 31, 9)], 4, stride=6, banded=True
+    )
+
+    def run(band_min: int) -> list[float]:
+        model = tiny_llama(dropout=0.0)
+        trainer = Trainer(
+            model, TrainConfig(batch_size=4, band_min=band_min), steps_per_epoch=4, total_epochs=2
+        )
+        out = []
+        for epoch in range(2):
+            torch.manual_seed(epoch)
+            batches = length_bucketed_batches(data, 4, 0, np.random.default_rng(epoch))
+            out.append(trainer.train_epoch(batches)["loss"])
+        return out
+
+    assert run(2) == run(2)
+    assert run(2) != run(0)
