@@ -1,4 +1,5 @@
-"""What a seqrec epoch costs in each window layout: plain windows against banded ones.
+"""What a seqrec epoch costs in each window layout and head: plain windows against banded
+ones, the whole-vocabulary softmax against a per-level one.
 
     python bench/seqrec_layout.py                    # this project's `make run` outputs
     python bench/seqrec_layout.py --repeats 2 --threads 1
@@ -13,7 +14,9 @@ freshly created tiny model on the project's `data/processed` and initial map
 keeps each layout's best of `--repeats`. The batches hold the same targets in every layout
 (`batch_units`), so an epoch has about the same optimizer steps and targets/s is the
 figure of merit; tokens/s alone would flatter the plain layout, which spends twice the
-tokens on the same targets.
+tokens on the same targets. `per-level softmax` rows train with `model.code_softmax` (the
+output head and cross-entropy over the target's level's 256 codes instead of the 1,768-token
+vocabulary).
 """
 
 from __future__ import annotations
@@ -38,17 +41,19 @@ from components.model.session import TrainingSession  # noqa: E402
 from components.model.training import seqrec_windows  # noqa: E402
 from components.tokenizers.token_map import TokenMap  # noqa: E402
 
-LAYOUTS = {  # name: (banded, window_stride, band_min)
-    "plain (default)": (False, 0, 0),
-    "plain, stride 20": (False, 20, 0),
-    "banded, stride 20": (True, 20, 0),
-    "banded, stride 40": (True, 40, 0),
-    "banded, stride 40, band 11-20": (True, 40, 11),
+LAYOUTS = {  # name: (banded, window_stride, band_min, code_softmax)
+    "plain (default)": (False, 0, 0, False),
+    "plain, stride 20": (False, 20, 0, False),
+    "banded, stride 20": (True, 20, 0, False),
+    "banded, stride 40": (True, 40, 0, False),
+    "banded, stride 40, band 11-20": (True, 40, 11, False),
+    "plain, per-level softmax": (False, 0, 0, True),
+    "banded, stride 40, band 11-20, per-level softmax": (True, 40, 11, True),
 }
 
 
 def epoch(params, dataset, codes, sizes, layout) -> tuple[float, dict]:
-    banded, stride, band_min = layout
+    banded, stride, band_min, code_softmax = layout
     train = params.train.model_copy(
         update={
             "tasks": TaskWeights(seqrec=1.0, item2id=0.0, id2item=0.0),
@@ -57,7 +62,8 @@ def epoch(params, dataset, codes, sizes, layout) -> tuple[float, dict]:
             "band_min": band_min,
         }
     )
-    rec = GenerativeRecommender.create(params.model, sizes, dataset.item_texts(), seed=0)
+    model = params.model.model_copy(update={"code_softmax": code_softmax})
+    rec = GenerativeRecommender.create(model, sizes, dataset.item_texts(), seed=0)
     session = TrainingSession(rec, dataset, codes, train, params.evaluate, 1)
     start = time.perf_counter()
     stats = session.train_epoch()
@@ -102,7 +108,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.layouts:
         seconds, stats = best[name]
-        banded, stride, _ = LAYOUTS[name]
+        banded, stride, _, _ = LAYOUTS[name]
         windows = seqrec_windows(sequences, dataset.max_history, stride=stride, banded=banded)
         items = sum(len(w) for w, _ in windows)
         print(

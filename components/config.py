@@ -114,6 +114,13 @@ class ModelConfig(Strict):
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
+    code_softmax: bool = Field(
+        False,
+        description="identifier tokens: the softmax (training loss and decoding) covers the "
+        "target's level's codes only, as per-level vocabularies (TIGER) do: the output head "
+        "and cross-entropy shrink from the whole vocabulary to one codebook; saved with the "
+        "model (text targets, train.tasks.id2item, need it off)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -342,6 +349,11 @@ class Params(Strict):
             raise ValueError(
                 f"train.band_min ({self.train.band_min}) must be at most data.max_history "
                 f"({self.data.max_history})"
+            )
+        if self.model.code_softmax and self.train.tasks.id2item > 0:
+            raise ValueError(
+                "model.code_softmax normalises over identifier tokens only; the id2item task "
+                f"(train.tasks.id2item {self.train.tasks.id2item}) has text targets: set it to 0"
             )
         if self.train.window_stride > self.data.max_history and not self.train.banded:
             raise ValueError(

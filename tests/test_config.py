@@ -29,10 +29,27 @@ def test_epochs_must_split_into_rounds(tmp_path: Path) -> None:
         load_params(path)
 
 
-def test_a_stride_beyond_a_history_needs_banded_windows(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "refused,accepted,message",
+    [
+        (  # windows longer than a history are banded ones
+            "data:\n  max_history: 20\ntrain:\n  window_stride: 40\n",
+            "data:\n  max_history: 20\ntrain:\n  window_stride: 40\n  banded: true\n",
+            "train.banded",
+        ),
+        (  # a per-level softmax has no text targets
+            "model:\n  code_softmax: true\ntrain:\n  tasks: {id2item: 1.0}\n",
+            "model:\n  code_softmax: true\n",
+            "id2item",
+        ),
+    ],
+)
+def test_settings_that_need_each_other(
+    tmp_path: Path, refused: str, accepted: str, message: str
+) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text("data:\n  max_history: 20\ntrain:\n  window_stride: 40\n")
-    with pytest.raises(ConfigError, match="train.banded"):
+    path.write_text(refused)
+    with pytest.raises(ConfigError, match=message):
         load_params(path)
-    path.write_text("data:\n  max_history: 20\ntrain:\n  window_stride: 40\n  banded: true\n")
-    assert load_params(path).train.window_stride == 40
+    path.write_text(accepted)
+    load_params(path)

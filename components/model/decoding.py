@@ -107,6 +107,55 @@ def _output_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
+@dataclass
+class CodeLevels:
+    """Per-level softmax (`model.code_softmax`): the vocabulary ids of each identifier level,
+    and for every vocabulary id its level (-1: not an identifier token) and index in it."""
+
+    ids: list[torch.Tensor]
+    level_of: torch.Tensor  # long [vocabulary]
+    index_of: torch.Tensor  # long [vocabulary]
+
+    @classmethod
+    def build(cls, ids: list[torch.Tensor], vocab_size: int) -> CodeLevels:
+        level_of = torch.full((vocab_size,), -1, dtype=torch.long)
+        index_of = torch.zeros(vocab_size, dtype=torch.long)
+        for lvl, level in enumerate(ids):
+            level_of[level] = lvl
+            index_of[level] = torch.arange(len(level))
+        return cls([t.long() for t in ids], level_of, index_of)
+
+
+def code_levels(model: torch.nn.Module) -> CodeLevels | None:
+    """The model's per-level softmax (set by `GenerativeRecommender` for a model trained with
+    `model.code_softmax`), else None: the softmax covers the whole vocabulary."""
+    return getattr(model, "siit_code_levels", None)
+
+
+def level_log_probs(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities over one level's identifier tokens (`ids`), renormalised from
+    log-probabilities (or logits) over the whole vocabulary in the last dimension."""
+    sub = logp[..., ids.to(logp.device)]
+    return sub - sub.logsumexp(-1, keepdim=True)
+
+
+def continuation_log_probs(
+    logp: torch.Tensor, tokens: torch.Tensor, levels: CodeLevels | None
+) -> torch.Tensor:
+    """Log-probability of each token of an identifier (long [batch, L], level j at position j)
+    from whole-vocabulary log-probabilities [batch, L, vocabulary]; with a per-level softmax
+    each position is renormalised over its level."""
+    if levels is None:
+        return logp.gather(2, tokens[..., None])[..., 0]
+    out = [
+        level_log_probs(logp[:, j], levels.ids[j]).gather(
+            1, levels.index_of.to(tokens.device)[tokens[:, j : j + 1]]
+        )[:, 0]
+        for j in range(tokens.shape[1])
+    ]
+    return torch.stack(out, 1)
+
+
 def is_encoder_decoder(model: torch.nn.Module) -> bool:
     """Whether `model` is an encoder-decoder (t5), not a causal LM."""
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
@@ -208,8 +257,14 @@ class _SharedPromptSteps(_CausalSteps):
         forcing over the prompt cache: no second pass over the prompts. Ends the search."""
         self._start_beams()
         logp, total = self.prompt_logp, torch.zeros(len(tokens), device=tokens.device)
+        levels = code_levels(self.model)
         for pos in range(tokens.shape[1]):
-            total = total + logp.gather(1, tokens[:, pos : pos + 1])[:, 0]
+            if levels is not None:  # identifier token `pos` is of level `pos`
+                logp = level_log_probs(logp, levels.ids[pos])
+                column = levels.index_of.to(tokens.device)[tokens[:, pos : pos + 1]]
+            else:
+                column = tokens[:, pos : pos + 1]
+            total = total + logp.gather(1, column)[:, 0]
             if pos + 1 < tokens.shape[1]:
                 logp = self.advance(tokens[:, pos : pos + 1])
         return total
@@ -403,9 +458,13 @@ def constrained_beam_search(
     codes = torch.zeros((n_groups, 1, 0), dtype=torch.long, device=device)
     group_rows = torch.arange(n_groups, device=device)[:, None, None]
     prompt_rows = torch.arange(batch, device=device)
+    per_level = code_levels(model) is not None  # the softmax of each level over its codes
     for lvl in range(levels):
         n_beams, size = nodes.shape[1], token_ids[lvl].numel()
-        step = logp[:, token_ids[lvl]].view(batch, n_beams, size)
+        step = logp[:, token_ids[lvl]]
+        if per_level:
+            step = step - step.logsumexp(-1, keepdim=True)
+        step = step.view(batch, n_beams, size)
         if grouped:
             step = torch.zeros((n_groups, n_beams, size), device=device).index_add_(
                 0, groups, step * row_weight[:, None, None]
@@ -469,7 +528,7 @@ def sequence_log_probs(
             decoder_input_ids=torch.cat([start.long(), targets[:, :-1]], 1),
         ).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
-        return logp.gather(2, targets[..., None])[..., 0].sum(dim=1)
+        return continuation_log_probs(logp, targets, code_levels(model)).sum(dim=1)
     seqs = [p + c for p, c in zip(prompts, continuations.tolist(), strict=True)]
     width = max(len(s) for s in seqs)
     ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
@@ -485,4 +544,4 @@ def sequence_log_probs(
         logits_to_keep=levels + 1,
     ).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(2, continuations.to(device)[..., None])[..., 0].sum(dim=1)
+    return continuation_log_probs(logp, continuations.to(device), code_levels(model)).sum(dim=1)

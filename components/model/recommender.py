@@ -7,6 +7,7 @@ response (an identifier, or a title) is the decoder's target.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from transformers import (
 
 from components.config import ModelConfig
 from components.io import atomic_dir
-from components.model.decoding import is_encoder_decoder
+from components.model.decoding import CodeLevels, is_encoder_decoder
 from components.model.prompts import template_texts
 from components.model.text_tokenizer import fit_text_tokenizer
 from components.tokenizers import code_token
@@ -44,6 +45,7 @@ class GenerativeRecommender:
     codebook_sizes: tuple[int, ...]
     profile: str = "tiny"
     architecture: str = "llama"  # the tiny profile's: llama (decoder-only) or t5
+    code_softmax: bool = False  # model.code_softmax: identifier tokens softmax within their level
 
     def __post_init__(self) -> None:
         tokens = [
@@ -55,6 +57,12 @@ class GenerativeRecommender:
             raise ValueError("identifier tokens missing from the tokenizer vocabulary")
         # code_token_ids[level][code] -> vocabulary id
         self.code_token_ids = [torch.tensor(level, dtype=torch.long) for level in ids]
+        # what training and decoding read off the model (`decoding.code_levels`)
+        levels = None
+        if self.code_softmax:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            levels = CodeLevels.build(self.code_token_ids, vocab)
+        self.model.siit_code_levels = levels
 
     @property
     def levels(self) -> int:
@@ -83,12 +91,18 @@ class GenerativeRecommender:
         cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int
     ) -> GenerativeRecommender:
         if cfg.profile == "tiny":
-            return cls._create_tiny(cfg, codebook_sizes, texts, seed)
-        from components.model.pretrained import create_pretrained
+            rec = cls._create_tiny(cfg, codebook_sizes, texts, seed)
+        else:
+            from components.model.pretrained import create_pretrained
 
-        new_tokens = [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)]
-        model, tokenizer = create_pretrained(cfg, new_tokens, seed=seed)
-        return cls(model, tokenizer, tuple(codebook_sizes), profile="pretrained")
+            new_tokens = [
+                code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)
+            ]
+            model, tokenizer = create_pretrained(cfg, new_tokens, seed=seed)
+            rec = cls(model, tokenizer, tuple(codebook_sizes), profile="pretrained")
+        if cfg.code_softmax:
+            rec = dataclasses.replace(rec, code_softmax=True)
+        return rec
 
     @classmethod
     def _create_tiny(
@@ -161,6 +175,7 @@ class GenerativeRecommender:
                 "codebook_sizes": list(self.codebook_sizes),
                 "profile": self.profile,
                 "architecture": self.architecture,
+                "code_softmax": self.code_softmax,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -189,4 +204,5 @@ class GenerativeRecommender:
             tuple(meta["codebook_sizes"]),
             profile=meta["profile"],
             architecture=architecture,
+            code_softmax=bool(meta.get("code_softmax", False)),  # saved before it: False
         )

@@ -43,7 +43,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
-from components.model.decoding import is_encoder_decoder
+from components.model.decoding import CodeLevels, code_levels, is_encoder_decoder
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.progress import progress
 
@@ -276,11 +276,14 @@ def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -
     The mean over the batch's labelled tokens, or with `per_row` each row's sum (float32, one
     per row: the loss of a batch's rows can then be reused one by one)."""
     mask = band_mask(batch)
+    levels = code_levels(model)
     if is_encoder_decoder(model) and mask is None:
         logits, targets, selected = _seq2seq_response_logits(model, batch.input_ids, batch.labels)
+        if levels is not None:
+            logits, targets = _level_logits(logits, targets, selected, levels)
     elif _fast_llama(model, batch.input_ids.device, banded=mask is not None):
         logits, targets, selected = _llama_response_logits(
-            model, batch.input_ids, batch.labels, mask
+            model, batch.input_ids, batch.labels, mask, levels
         )
     elif mask is not None:
         raise ValueError(
@@ -295,6 +298,8 @@ def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -
         targets = batch.labels[:, 1:]
         selected = targets != IGNORE
         logits = model.get_output_embeddings()(hidden[:, :-1][selected])
+        if levels is not None:
+            logits, targets = _level_logits(logits, targets, selected, levels)
     if not per_row:
         return F.cross_entropy(logits.float(), targets[selected])
     token = F.cross_entropy(logits.float(), targets[selected], reduction="none")
@@ -302,6 +307,58 @@ def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -
     return torch.zeros(selected.shape[0], dtype=token.dtype, device=token.device).index_add_(
         0, rows, token
     )
+
+
+def _level_targets(
+    targets: torch.Tensor, selected: torch.Tensor, levels: CodeLevels
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each labelled token's identifier level, and the targets renumbered within their level."""
+    tokens = targets[selected]
+    level = levels.level_of.to(tokens.device)[tokens]
+    if bool((level < 0).any()):
+        raise ValueError(
+            "model.code_softmax: every training target must be an identifier token (text "
+            "targets, the id2item task, need the whole-vocabulary softmax)"
+        )
+    renumbered = targets.masked_scatter(selected, levels.index_of.to(tokens.device)[tokens])
+    return level, renumbered
+
+
+def _level_head(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    selected: torch.Tensor,
+    levels: CodeLevels,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output head over each labelled position's level only (`model.code_softmax`): one
+    small matmul per level instead of the whole vocabulary. Logits [n, largest level], -inf
+    past a smaller level's end, and the targets renumbered within their level."""
+    level, renumbered = _level_targets(targets, selected, levels)
+    width = max(len(ids) for ids in levels.ids)
+    parts = []
+    for lvl, ids in enumerate(levels.ids):
+        rows = (level == lvl).nonzero().flatten()
+        if len(rows):
+            part = F.linear(x[rows], weight[ids.to(weight.device)])
+            parts.append((rows, F.pad(part, (0, width - len(ids)), value=float("-inf"))))
+    logits = torch.cat([p for _, p in parts])
+    order = torch.cat([r for r, _ in parts]).argsort()
+    return logits[order], renumbered
+
+
+def _level_logits(
+    logits: torch.Tensor, targets: torch.Tensor, selected: torch.Tensor, levels: CodeLevels
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-vocabulary logits [n, vocabulary] of labelled positions cut to each one's level
+    (a model whose forward computes the whole head, e.g. T5)."""
+    level, renumbered = _level_targets(targets, selected, levels)
+    width = max(len(ids) for ids in levels.ids)
+    table = torch.stack([F.pad(ids, (0, width - len(ids)), value=-1) for ids in levels.ids]).to(
+        logits.device
+    )[level]  # [n, width] vocabulary ids, -1 past the level's end
+    cut = logits.gather(1, table.clamp(min=0))
+    return cut.masked_fill(table < 0, float("-inf")), renumbered
 
 
 def band_mask(batch: Batch) -> torch.Tensor | None:
@@ -545,12 +602,16 @@ def _llama_response_logits(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     blocked: torch.Tensor | None = None,
+    levels: CodeLevels | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     targets = labels[:, 1:]
     selected = targets != IGNORE
     positions = F.pad(selected, (0, 1))  # position t predicts token t + 1
     hidden = _llama_hidden(model, input_ids, positions, blocked)  # [n_selected, hidden]
     x = _rms_norm(hidden, model.model.norm)
+    if levels is not None:
+        logits, targets = _level_head(x, model.lm_head.weight, targets, selected, levels)
+        return logits, targets, selected
     return F.linear(x, model.lm_head.weight), targets, selected
 
 

@@ -78,6 +78,7 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
     theirs, ours = record.get("compatibility", {}), compatibility_key(params)
     if isinstance(theirs.get("model"), dict):  # champions from before t5 existed are llama
         theirs["model"].setdefault("architecture", "llama")
+        theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
     differ = sorted(
         f"{section}.{key}"
         for section in ours
@@ -287,5 +288,10 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
             for c in range(o, n):
                 weight[rec.tokenizer.convert_tokens_to_ids(code_token(lvl, c))] = means[lvl]
     return GenerativeRecommender(
-        rec.model, rec.tokenizer, tuple(sizes), profile=rec.profile, architecture=rec.architecture
+        rec.model,
+        rec.tokenizer,
+        tuple(sizes),
+        profile=rec.profile,
+        architecture=rec.architecture,
+        code_softmax=rec.code_softmax,
     )

@@ -8,7 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-from components.model.decoding import PrefixTrie, constrained_beam_search, sequence_log_probs
+from components.model.decoding import (
+    CodeLevels,
+    PrefixTrie,
+    constrained_beam_search,
+    sequence_log_probs,
+)
 
 LEVELS, K = 3, 4
 ARCHS = ["llama", "llama-gqa", "t5"]  # llama-gqa: 2 key/value heads for 4 query heads
@@ -66,9 +71,28 @@ def item_codes(n_items: int, seed: int = 0) -> np.ndarray:
     return np.stack([flat // K**2, (flat // K) % K, flat % K], axis=1)
 
 
+def _picked(logits: torch.Tensor, tokens: torch.Tensor, per_level: bool) -> torch.Tensor:
+    """Each identifier token's log-probability from logits [n, LEVELS, vocabulary]: over the
+    whole vocabulary, or (`model.code_softmax`) over its level's codes only."""
+    if not per_level:
+        return torch.log_softmax(logits.float(), -1).gather(2, tokens[..., None])[..., 0]
+    ids = code_token_ids()
+    return torch.stack(
+        [
+            torch.log_softmax(logits[:, lvl, ids[lvl]].float(), -1).gather(
+                1, (tokens[:, lvl : lvl + 1] - ids[lvl][0])
+            )[:, 0]
+            for lvl in range(LEVELS)
+        ],
+        1,
+    )
+
+
 def brute_force_scores(model, prompt: list[int], codes: np.ndarray) -> np.ndarray:
     """Exact log-probability of every item's identifier after the prompt (teacher forcing: one
-    full forward per identifier, no cache, no padding)."""
+    full forward per identifier, no cache, no padding); per level when the model has a
+    per-level softmax (`siit_code_levels`)."""
+    per_level = getattr(model, "siit_code_levels", None) is not None
     ids = code_token_ids()
     tokens = torch.stack([ids[lvl][torch.as_tensor(codes[:, lvl])] for lvl in range(LEVELS)], dim=1)
     if model.config.is_encoder_decoder:  # the prompt to the encoder, the identifier decoded
@@ -78,14 +102,12 @@ def brute_force_scores(model, prompt: list[int], codes: np.ndarray) -> np.ndarra
                 input_ids=torch.tensor(prompt).repeat(len(codes), 1),
                 decoder_input_ids=torch.cat([start, tokens[:, :-1]], 1),
             ).logits
-        logp = torch.log_softmax(logits.float(), -1)
-        return logp.gather(2, tokens[..., None])[..., 0].sum(1).numpy()
+        return _picked(logits, tokens, per_level).sum(1).numpy()
     seqs = torch.cat([torch.tensor(prompt).repeat(len(codes), 1), tokens], dim=1)
     with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=seqs).logits.float(), dim=-1)
+        logits = model(input_ids=seqs).logits
     start = len(prompt) - 1
-    picked = logp[:, start : start + LEVELS].gather(2, tokens[..., None])[..., 0]
-    return picked.sum(1).numpy()
+    return _picked(logits[:, start : start + LEVELS], tokens, per_level).sum(1).numpy()
 
 
 def test_trie_tables_map_identifiers_to_items() -> None:
@@ -307,6 +329,46 @@ def test_given_continuations_are_scored_like_teacher_forcing(arch: str, shared: 
     res = constrained_beam_search(
         model, prompts, ids, trie, beam_size=4, top_k=3, score_tokens=tokens, shared_prompt=shared
     )
+    expected = [
+        brute_force_scores(model, p, given[row : row + 1])[0] for row, p in enumerate(prompts)
+    ]
+    np.testing.assert_allclose(res.given.numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        sequence_log_probs(model, prompts, tokens).numpy(), expected, rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_per_level_softmax_is_searched_and_scored_exactly(arch: str, shared: bool) -> None:
+    """`model.code_softmax`: each identifier token's log-probability is normalised over its
+    level's codes; the wide search returns the exact top-k of that score, and the given
+    continuations and `sequence_log_probs` agree with brute force; the ranking is not the
+    whole-vocabulary one's."""
+    model, codes = tiny_lm(3, arch), item_codes(25, seed=3)
+    trie = PrefixTrie.from_codes(codes, (K,) * LEVELS)
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 1]]
+    whole = [brute_force_scores(model, p, codes) for p in prompts]
+    model.siit_code_levels = CodeLevels.build(code_token_ids(), TEXT_VOCAB + LEVELS * K)
+    ids = code_token_ids()
+    given = codes[[3, 0, 11]]
+    tokens = torch.stack([ids[lvl][torch.as_tensor(given[:, lvl])] for lvl in range(LEVELS)], 1)
+    res = constrained_beam_search(
+        model,
+        prompts,
+        ids,
+        trie,
+        beam_size=len(codes),
+        top_k=10,
+        score_tokens=tokens,
+        shared_prompt=shared,
+    )
+    for row, prompt in enumerate(prompts):
+        scores = brute_force_scores(model, prompt, codes)
+        assert not np.allclose(scores, whole[row], atol=1e-3)
+        expected = np.argsort(-scores, kind="stable")[:10]
+        assert res.leaves[row].tolist() == expected.tolist()
+        np.testing.assert_allclose(res.scores[row].numpy(), scores[expected], rtol=1e-4, atol=1e-4)
     expected = [
         brute_force_scores(model, p, given[row : row + 1])[0] for row, p in enumerate(prompts)
     ]

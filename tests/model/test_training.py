@@ -78,6 +78,14 @@ def reference_loss(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets[selected])
 
 
+def assert_same_gradients(model, ours: torch.Tensor, theirs: torch.Tensor, atol: float) -> None:
+    """Every parameter's gradient of two losses agrees."""
+    params = list(model.parameters())
+    grads = zip(torch.autograd.grad(ours, params), torch.autograd.grad(theirs, params), strict=True)
+    for a, b in grads:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol)
+
+
 def test_collate_pads_right_and_counts_labels() -> None:
     rows = [Example([5, 6, 7], [IGNORE, 6, 7]), Example([1, 2, 3, 4, 5], [IGNORE] * 3 + [4, 5])]
     batch = collate(rows, pad_id=0)
@@ -456,13 +464,7 @@ def test_banded_loss_is_the_model_forward_under_the_band_mask(
     token = F.cross_entropy(logits[selected].float(), targets[selected], reduction="none")
     theirs = torch.zeros(len(ours)).index_add_(0, selected.nonzero(as_tuple=True)[0], token)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
-    params = list(model.parameters())
-    for a, b in zip(
-        torch.autograd.grad(ours.sum(), params),
-        torch.autograd.grad(theirs.sum(), params),
-        strict=True,
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_same_gradients(model, ours.sum(), theirs.sum(), atol=1e-5)
 
 
 def test_banded_windows_need_a_model_that_can_take_them() -> None:
@@ -527,3 +529,99 @@ def test_banded_training_with_drawn_bands_is_deterministic() -> None:
 
     assert run(2) == run(2)
     assert run(2) != run(0)
+
+
+# Per-level softmax (model.code_softmax) -------------------------------------------------------
+
+LEVEL_IDS = [torch.arange(20, 30), torch.arange(30, 40), torch.arange(40, 46)]  # sizes 10, 10, 6
+
+
+def _identifier_batch(seed: int = 0) -> Batch:
+    """Rows of 2-4 unlabelled text tokens, then labelled identifiers (level 0, 1, 2, ...)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(12):
+        prompt = rng.integers(1, 20, size=rng.integers(2, 5)).tolist()
+        ids = [int(rng.choice(LEVEL_IDS[j % 3])) for j in range(3 * rng.integers(1, 4))]
+        rows.append(Example(prompt + ids, [IGNORE] * len(prompt) + ids))
+    return collate(rows, pad_id=0)
+
+
+def _level_reference(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
+    """Per-row summed loss from the model's own full logits, each labelled token's softmax
+    taken over its level's tokens only."""
+    logits = model(input_ids=batch.input_ids).logits[:, :-1]
+    targets = batch.labels[:, 1:]
+    rows = torch.zeros(len(targets))
+    for r, t in (targets != IGNORE).nonzero().tolist():
+        token = int(targets[r, t])
+        ids = next(ids for ids in LEVEL_IDS if token in ids.tolist())
+        logp = torch.log_softmax(logits[r, t, ids].float(), -1)
+        rows = rows.index_add(0, torch.tensor([r]), -logp[ids.tolist().index(token)][None])
+    return rows
+
+
+@pytest.mark.parametrize("path", ["fast", "own forward"])
+def test_per_level_softmax_loss_is_cross_entropy_within_the_level(path: str) -> None:
+    """The Llama path (one small head per level) and the model's own forward (whole head, then
+    cut to the level) give the loss and gradients of a softmax over each target's level."""
+    from components.model.decoding import CodeLevels
+
+    model = tiny_llama().eval()
+    model.siit_code_levels = CodeLevels.build(LEVEL_IDS, VOCAB)
+    batch = _identifier_batch()
+    handle = model.model.norm.register_forward_hook(lambda *a: None) if path != "fast" else None
+    assert training._fast_llama(model, batch.input_ids.device) == (path == "fast")
+    ours = response_loss(model, batch, per_row=True)
+    theirs = _level_reference(model, batch)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(response_loss(model, batch), theirs.sum() / batch.n_label_tokens)
+    assert_same_gradients(model, ours.sum(), theirs.sum(), atol=1e-6)
+    model.siit_code_levels = None  # the whole vocabulary: a larger loss on the same batch
+    assert float(response_loss(model, batch)) > float(ours.sum() / batch.n_label_tokens)
+    if handle is not None:
+        handle.remove()
+
+
+def test_per_level_softmax_refuses_text_targets() -> None:
+    from components.model.decoding import CodeLevels
+
+    model = tiny_llama().eval()
+    model.siit_code_levels = CodeLevels.build(LEVEL_IDS, VOCAB)
+    batch = collate([Example([1, 2, 20, 5], [IGNORE, IGNORE, 20, 5])], pad_id=0)  # 5: text
+    with pytest.raises(ValueError, match="identifier token"):
+        response_loss(model, batch)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "t5"])
+def test_per_level_softmax_is_saved_with_the_model(tmp_path, architecture: str) -> None:
+    """`model.code_softmax` is the model's: set on creation, saved, loaded, and both
+    architectures train with it (T5 cuts its whole head's logits to the level)."""
+    from components.config import ModelConfig
+    from components.model.decoding import code_levels
+    from components.model.recommender import GenerativeRecommender
+
+    cfg = ModelConfig(
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        architecture=architecture,
+        code_softmax=True,
+    )
+    texts = [f"item {i}" for i in range(6)]
+    rec = GenerativeRecommender.create(cfg, (4, 3), texts, seed=0)
+    levels = code_levels(rec.model)
+    assert rec.code_softmax and [len(ids) for ids in levels.ids] == [4, 3]
+    codes = np.array([[i % 4, i % 3] for i in range(6)])
+    prompts = training.PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    rows = [prompts.item2id(t, i) for i, t in enumerate(texts)]
+    loss = response_loss(rec.model, collate(rows, rec.tokenizer.pad_token_id or 0))
+    assert 0 < float(loss) < np.log(4) + 1  # a softmax over a handful of codes, not ~1,000
+    rec.save(tmp_path / "m")
+    loaded = GenerativeRecommender.load(tmp_path / "m")
+    assert loaded.code_softmax and code_levels(loaded.model) is not None
+    plain = GenerativeRecommender.create(
+        cfg.model_copy(update={"code_softmax": False}), (4, 3), texts, 0
+    )
+    assert not plain.code_softmax and code_levels(plain.model) is None
