@@ -626,3 +626,17 @@ def test_per_level_softmax_is_saved_with_the_model(tmp_path, architecture: str) 
         cfg.model_copy(update={"code_softmax": False}), (4, 3), texts, 0
     )
     assert not plain.code_softmax and code_levels(plain.model) is None
+
+
+def test_a_model_that_cannot_take_bands_trains_on_plain_windows(monkeypatch, caplog) -> None:
+    """`train.banded` with a model off the Llama training path (a LoRA-wrapped pretrained LM):
+    plain windows, a stride beyond a history back to the default, and a warning that says so."""
+    import components.model.session as session_module
+
+    monkeypatch.setattr(session_module, "supports_banded", lambda model: False)
+    codes = np.array([[i // 4, i % 4] for i in range(10)])
+    with caplog.at_level("WARNING", logger="components.model.session"):
+        session = _session(codes, banded=True, window_stride=5)
+    assert not session.banded and session.stride == 0
+    assert "plain windows instead" in caplog.text
+    assert all(row.band is None for row in session._examples(0)["seqrec"])
