@@ -461,9 +461,8 @@ def constrained_beam_search(
     per_level = code_levels(model) is not None  # the softmax of each level over its codes
     for lvl in range(levels):
         n_beams, size = nodes.shape[1], token_ids[lvl].numel()
-        step = logp[:, token_ids[lvl]]
-        if per_level:
-            step = step - step.logsumexp(-1, keepdim=True)
+        ids = token_ids[lvl]
+        step = level_log_probs(logp, ids) if per_level else logp[:, ids]
         step = step.view(batch, n_beams, size)
         if grouped:
             step = torch.zeros((n_groups, n_beams, size), device=device).index_add_(
