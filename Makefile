@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+# pytest-xdist workers for `make test`: most of a test's time is spent waiting on the Prefect
+# servers and `siit` processes it starts; each worker has its own server and prepared project.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-all lint format ui clean
@@ -27,7 +30,7 @@ run: install ## reproduce the pipeline (dvc repro) and print the results table
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/siit show
 
 test: install ## run the whole test suite
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope
 
 test-all: install ## tests including the slow ones (real SmolLM2, several processes)
 	$(BIN)/python -m pytest -q
