@@ -19,7 +19,10 @@ Printed (markdown):
 1. per seed: valid and test Recall/NDCG@5/10 of static and every variant;
 2. per variant: mean relative improvement over static per test metric and on their average,
    and the 95% confidence interval (Student t over seeds) of the paired differences of that
-   average; the same on validation, which is what settings are chosen on;
+   average; the same on validation, which is what settings are chosen on (the best epoch's,
+   as the protocol selects), and on the validation of the last epoch, which no selection
+   inflates (a diagnostic: a model past its peak gains more from picking its best of several
+   noisy epochs than one still rising);
 3. the immediate effect of every refinement (the model just before refinement, with the old
    and the refined map: validation NDCG@10 and training seqrec loss);
 4. with --fresh: a static model trained from scratch on each variant's final map (same seed
@@ -44,6 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner import ROOT, RUNS, ensure_dataset, merge, prefect_server, run_config  # noqa: E402
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+# The paired table's validation of each model's last epoch, beside that of its best epoch (the
+# protocol's choice, an upward-biased maximum over noisy epochs: more so for a model that
+# peaks early and then plateaus than for one still rising at its budget's end).
+LAST = "valid, last epoch"
 
 
 def parse_set(items: list[str]) -> dict:
@@ -250,7 +257,11 @@ def print_tables(
 
     def split_of(seed: int, model: str, split: str) -> dict[str, float]:
         data = results[seed][model]
-        return (data["siit"] if model in variants else data["static"])[split]
+        report = data["siit"] if model in variants else data["static"]
+        if split == LAST:  # the validation of the budget's last epoch: no epoch chosen
+            last = [r for r in report["rounds"] if "valid_ndcg@10" in r][-1]
+            return {m: last[f"valid_{m}"] for m in METRICS}
+        return report[split]
 
     print("| seed | model | split | " + " | ".join(METRICS) + " | average | best (round, epoch) |")
     print("|" + "---|" * (len(METRICS) + 5))
@@ -278,7 +289,7 @@ def print_tables(
     )
     print("|" + "---|" * (len(METRICS) + 4))
     for model in models[1:]:
-        for split in ("valid", "test"):
+        for split in ("valid", LAST, "test"):
             cells = []
             for m in METRICS:
                 s = statistics.mean(split_of(seed, "static", split)[m] for seed in seeds)

@@ -43,3 +43,44 @@ def test_every_configuration_is_checked_before_training(bench) -> None:
     assert "bad: siit.bogus" in message  # the variant and the key at fault
     assert "e20:" in message and "multiple of siit.rounds + 1" in message
     assert "siit:" not in message.replace("siit.", "")  # the valid ones are not named
+
+
+def _report(best: float, last: float, test: float, refine: bool = False) -> dict:
+    """A model report as the pipeline writes it: the best epoch's valid, test, and rounds whose
+    last validated row is the budget's last epoch (a refinement row has no valid metrics)."""
+    metrics = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+    rounds = [{"round": 0, **{f"valid_{m}": best for m in metrics}}]
+    if refine:
+        effect = {"effect_valid_ndcg@10_old": 0.5, "effect_valid_ndcg@10_new": 0.4}
+        effect |= {"effect_seqrec_loss_old": 2.0, "effect_seqrec_loss_new": 2.1}
+        rounds.append({"round": 0, "churn": 0.1, "collision_rate_before": 0.6, **effect})
+    rounds.append({"round": 1, **{f"valid_{m}": last for m in metrics}})
+    return {
+        "valid": dict.fromkeys(metrics, best),
+        "test": dict.fromkeys(metrics, test),
+        "rounds": rounds,
+        "best_round": 0,
+        "best_epoch": 2,
+    }
+
+
+def test_the_paired_table_shows_the_last_epochs_validation_beside_the_best(bench, capsys) -> None:
+    # static peaks early (best 0.20, last 0.10); the variant is still rising (best = last 0.15)
+    results = {
+        seed: {
+            "static": {"static": _report(0.20, 0.10, 0.10)},
+            "deep": {"static": _report(0.15, 0.15, 0.12)},
+            "siit": {"siit": _report(0.18, 0.12, 0.11, refine=True)},
+        }
+        for seed in (1, 2)
+    }
+    bench.print_tables(results, {"siit": {}}, False, {"deep": {}})
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| deep |") or line.startswith("| siit |")
+    }
+    assert "| -25.0% | -0.0500 [" in rows[("deep", "valid")]  # 0.15 against the best 0.20
+    assert "| +50.0% | +0.0500 [" in rows[("deep", "valid, last epoch")]  # against 0.10
+    assert "| +20.0% | +0.0200 [" in rows[("deep", "test")]
+    assert "| +20.0% | +0.0200 [" in rows[("siit", "valid, last epoch")]  # refinement row skipped
