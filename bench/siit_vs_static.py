@@ -51,6 +51,7 @@ METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 # protocol's choice, an upward-biased maximum over noisy epochs: more so for a model that
 # peaks early and then plateaus than for one still rising at its budget's end).
 LAST = "valid, last epoch"
+CROSS = "valid, cross-fitted"  # the best epoch chosen on other users than it is scored on
 
 
 def parse_set(items: list[str]) -> dict:
@@ -261,14 +262,24 @@ def print_tables(
         if split == LAST:  # the validation of the budget's last epoch: no epoch chosen
             last = [r for r in report["rounds"] if "valid_ndcg@10" in r][-1]
             return {m: last[f"valid_{m}"] for m in METRICS}
+        if split == CROSS:
+            return report["valid_cross_fitted"]
         return report[split]
+
+    # runs made before the pipeline kept per-user validation ranks have no cross-fitted row
+    cross = all(
+        results[seed][m]["siit" if m in variants else "static"].get("valid_cross_fitted")
+        for seed in results
+        for m in models
+    )
+    summary_splits = ("valid", *((CROSS,) if cross else ()), LAST, "test")
 
     print("| seed | model | split | " + " | ".join(METRICS) + " | average | best (round, epoch) |")
     print("|" + "---|" * (len(METRICS) + 5))
     for seed in results:
         for model in models:
             rep = results[seed][model]["siit" if model in variants else "static"]
-            for split in ("valid", "test"):
+            for split in ("valid", *((CROSS,) if cross else ()), "test"):
                 vals = split_of(seed, model, split)
                 cells = " | ".join(f"{vals[m]:.4f}" for m in METRICS)
                 where = (
@@ -289,7 +300,7 @@ def print_tables(
     )
     print("|" + "---|" * (len(METRICS) + 4))
     for model in models[1:]:
-        for split in ("valid", LAST, "test"):
+        for split in summary_splits:
             cells = []
             for m in METRICS:
                 s = statistics.mean(split_of(seed, "static", split)[m] for seed in seeds)

@@ -26,18 +26,70 @@ def ranking_metrics(
     ranked: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = (5, 10)
 ) -> dict[str, float]:
     """Recall@k and NDCG@k averaged over users (single relevant item per user)."""
-    ranks = target_ranks(ranked, targets)
-    if len(ranks) == 0:
-        raise ValueError("no users to evaluate")
-    out: dict[str, float] = {}
     for k in ks:
-        if k > ranked.shape[1]:
+        if k > np.asarray(ranked).shape[1]:
             raise ValueError(f"cannot compute @{k} from ranked lists of length {ranked.shape[1]}")
+    return metrics_from_ranks(target_ranks(ranked, targets), ks)
+
+
+def user_gains(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, np.ndarray]:
+    """Each user's Recall@k (hit) and NDCG@k from its target's 1-based rank (0 = absent), in
+    METRIC_NAMES order; `ranks` may have any shape (e.g. [epochs, users])."""
+    ranks = np.asarray(ranks)
+    out: dict[str, np.ndarray] = {}
+    for k in sorted(ks):
         hit = (ranks >= 1) & (ranks <= k)
-        out[f"recall@{k}"] = float(hit.mean())
-        gains = np.where(hit, 1.0 / np.log2(ranks + 1.0, where=hit, out=np.ones(len(ranks))), 0.0)
-        out[f"ndcg@{k}"] = float(gains.mean())
-    return {
-        name: out[name]
-        for name in sorted(out, key=lambda n: (n.split("@")[0] != "recall", int(n.split("@")[1])))
-    }
+        out[f"recall@{k}"] = hit.astype(np.float64)
+    for k in sorted(ks):
+        hit = (ranks >= 1) & (ranks <= k)
+        safe = np.where(hit, ranks, 1)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0)
+    return out
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """Recall@k and NDCG@k averaged over users, from their targets' 1-based ranks (0 = absent)."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        raise ValueError("no users to evaluate")
+    return {name: float(g.mean()) for name, g in user_gains(ranks, ks).items()}
+
+
+def cross_fitted_metrics(
+    ranks_by_epoch: np.ndarray,
+    criterion: str = "ndcg@10",
+    repeats: int = 50,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Validation metrics of an epoch chosen without the users it is scored on.
+
+    Keeping the epoch with the best validation score and reporting that score overstates it:
+    the score is the largest of several noisy ones, the more so the flatter the curve (a model
+    that peaks and levels off gains more from the maximum than one still rising at its
+    budget's end). Cross-fitting removes that: the users are split into two random halves, the
+    epoch with the best `criterion` on one half (the first of equals, as the pipeline chooses)
+    is scored on the other half, and the reverse; every user is thus scored at an epoch chosen
+    without it. The result averages over `repeats` random splits (fixed by `seed`), so it is
+    deterministic.
+
+    ranks_by_epoch: int [candidates, users], each user's validation target rank for every
+    candidate the choice is made from, in the order they were made (each epoch's model; for
+    SIIT also the model with each refined map), 1-based, 0 = not in the top-k.
+    """
+    ranks = np.asarray(ranks_by_epoch)
+    if ranks.ndim != 2 or ranks.shape[0] == 0 or ranks.shape[1] < 2:
+        raise ValueError(f"need ranks [epochs >= 1, users >= 2]; got shape {ranks.shape}")
+    gains = user_gains(ranks)
+    if criterion not in gains:
+        raise ValueError(f"unknown criterion {criterion!r}; one of {sorted(gains)}")
+    n = ranks.shape[1]
+    rng = np.random.default_rng(seed)
+    totals = dict.fromkeys(gains, 0.0)
+    for _ in range(repeats):
+        order = rng.permutation(n)
+        halves = (order[: n // 2], order[n // 2 :])
+        for choose, score in (halves, halves[::-1]):
+            epoch = int(np.argmax(gains[criterion][:, choose].mean(axis=1)))
+            for name, g in gains.items():
+                totals[name] += float(g[epoch, score].sum())
+    return {name: totals[name] / (repeats * n) for name in gains}

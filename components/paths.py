@@ -79,3 +79,7 @@ class Paths:
 
     def model_recommendations(self, name: str) -> Path:
         return self.reports / "models" / f"{name}_recommendations_test.parquet"
+
+    def model_valid_ranks(self, name: str) -> Path:
+        """Each validation user's target rank after every validated epoch (train stage)."""
+        return self.reports / "models" / f"{name}_valid_ranks.parquet"

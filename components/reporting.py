@@ -18,7 +18,7 @@ def format_metrics_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str
     for model, splits in sorted(metrics.items(), key=lambda kv: (order.get(kv[0], 1), kv[0])):
         if model == "improvement":
             continue
-        for split in ("valid", "test"):
+        for split in ("valid", "valid_cross_fitted", "test"):
             if split in splits:
                 values = " | ".join(f"{splits[split][m]:.4f}" for m in METRIC_NAMES)
                 lines.append(f"| {model} | {split} | {values} |")

@@ -52,6 +52,8 @@ def report_flow(params_file: str = "params.yaml", root: str = ".") -> str:
     for name in MODELS:
         report = _read_json(paths.model_report(name))
         metrics[name] = {"valid": report["valid"], "test": report["test"]}
+        if report.get("valid_cross_fitted"):  # the best epoch's validation without its bias
+            metrics[name]["valid_cross_fitted"] = report["valid_cross_fitted"]
         frames.append(pl.read_parquet(paths.model_recommendations(name)))
     metrics["improvement"] = relative_improvement(
         metrics["siit"]["test"], metrics["static"]["test"]

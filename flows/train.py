@@ -28,6 +28,7 @@ from components.config import Params, TrainConfig, load_params
 from components.data import Dataset
 from components.evaluation import recommendations_frame
 from components.io import atomic_dir, atomic_write_json, atomic_write_parquet
+from components.metrics import cross_fitted_metrics, target_ranks
 from components.model import distributed
 from components.model.recommender import GenerativeRecommender, pick_device
 from components.model.session import TrainingSession, WindowLosses, evaluate_model
@@ -273,7 +274,13 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         )
         tracking.log_metrics(report["test"], prefix="test/")
         tracking.log_metrics(report["valid"], prefix="best_valid/")
-        for path in (paths.model_report(mode), paths.rounds_csv(mode)):
+        if report["valid_cross_fitted"]:
+            tracking.log_metrics(report["valid_cross_fitted"], prefix="cross_fitted_valid/")
+        for path in (
+            paths.model_report(mode),
+            paths.rounds_csv(mode),
+            paths.model_valid_ranks(mode),
+        ):
             tracking.log_artifact(path, "reports")
         tracking.log_artifact(paths.model_dir(mode), "model")
     if not os.environ.get(KEEP_CHECKPOINT_ENV):
@@ -348,7 +355,8 @@ def round_task(
             session.step()
             new_codes, stats = refine_task(session, params, r)
             session.set_codes(new_codes)
-            valid_new, _ = evaluate_task(session, "valid")
+            valid_new, ranked_new = evaluate_task(session, "valid")
+            _record_ranks(state, session, ranked_new, r + 1)
             loss_new = seqrec_loss_task(session, loss_old)  # only windows with a moved item
             # the refined map with the same model is a candidate too (chosen on validation)
             if _improves(state, valid_new):
@@ -393,6 +401,14 @@ def round_task(
     return state, maps
 
 
+def _record_ranks(state: RunState, session: TrainingSession, ranked: np.ndarray, map_round: int):
+    """Keep a validation candidate's per-user ranks (the model now, with map `map_round`)."""
+    ranks = target_ranks(ranked, session.dataset.eval_split("valid").targets)
+    state.valid_ranks.append(
+        {"epoch": session.trainer.epoch, "map_round": map_round, "ranks": ranks.tolist()}
+    )
+
+
 def _improves(state: RunState, valid: dict[str, float]) -> bool:
     return valid["ndcg@10"] > state.best_score
 
@@ -415,8 +431,9 @@ def _train_round(
             prefix="train/",
         )
         if params.evaluate.every_epoch or e == epochs - 1:
-            valid, _ = evaluate_task(session, "valid")
+            valid, ranked = evaluate_task(session, "valid")
             tracking.log_metrics(valid, step=step, prefix="valid/")
+            _record_ranks(state, session, ranked, r)
             if _improves(state, valid):
                 state.best_round, state.best_epoch = r, step
                 state.best_score = valid["ndcg@10"]
@@ -482,8 +499,10 @@ def _finish(
         with atomic_dir(paths.siit_token_maps) as tmp:
             for name, data in maps.items():
                 (tmp / name).write_bytes(data)
+    ranks = np.array([c["ranks"] for c in state.valid_ranks], dtype=np.int32)
     report = {
         "valid": valid,
+        "valid_cross_fitted": cross_fitted_metrics(ranks) if len(ranks) else None,
         "test": test,
         "best_round": state.best_round,
         "best_epoch": state.best_epoch,
@@ -497,4 +516,35 @@ def _finish(
     rows.write_csv(paths.rounds_csv(mode))
     recs = recommendations_frame(mode, dataset.eval_split("test"), ranked, dataset.item_ids())
     atomic_write_parquet(recs, paths.model_recommendations(mode))
+    atomic_write_parquet(
+        valid_ranks_frame(dataset.eval_split("valid").user_ids, state.valid_ranks),
+        paths.model_valid_ranks(mode),
+    )
     return report
+
+
+def valid_ranks_frame(user_ids: list[str], candidates: list[dict]) -> pl.DataFrame:
+    """Long format (candidate, epoch, map_round, user_id, rank): every validation the best model
+    was chosen from, in order (each epoch's model with its map, and for SIIT the same model
+    with each refined map), with each user's target rank (1-based, 0 = not in the top-k). Any
+    candidate's validation metrics, or a choice scored on other users than it was made on
+    (`cross_fitted_metrics`), can be recomputed from it."""
+    n = len(user_ids)
+    return pl.DataFrame(
+        {
+            "candidate": np.repeat(np.arange(len(candidates), dtype=np.int32), n),
+            "epoch": np.repeat(np.array([c["epoch"] for c in candidates], dtype=np.int32), n),
+            "map_round": np.repeat(
+                np.array([c["map_round"] for c in candidates], dtype=np.int32), n
+            ),
+            "user_id": list(user_ids) * len(candidates),
+            "rank": np.array([r for c in candidates for r in c["ranks"]], dtype=np.int32),
+        },
+        schema={
+            "candidate": pl.Int32,
+            "epoch": pl.Int32,
+            "map_round": pl.Int32,
+            "user_id": pl.Utf8,
+            "rank": pl.Int32,
+        },
+    )

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from components.metrics import ranking_metrics, target_ranks
+from components.metrics import (
+    METRIC_NAMES,
+    cross_fitted_metrics,
+    metrics_from_ranks,
+    ranking_metrics,
+    target_ranks,
+    user_gains,
+)
 
 
 def test_target_ranks() -> None:
@@ -36,3 +43,52 @@ def test_hand_computed_values() -> None:
 def test_lists_shorter_than_k_are_rejected() -> None:
     with pytest.raises(ValueError, match="@10"):
         ranking_metrics(np.zeros((2, 5), dtype=int), np.zeros(2, dtype=int))
+
+
+def _noise_ranks(rng: np.random.Generator, epochs: int, users: int) -> np.ndarray:
+    """Every epoch equally good in expectation: a hit (rank 1-10) with probability 0.15."""
+    hit = rng.random((epochs, users)) < 0.15
+    return np.where(hit, rng.integers(1, 11, size=(epochs, users)), 0)
+
+
+def test_metrics_from_ranks_match_ranking_metrics() -> None:
+    rng = np.random.default_rng(3)
+    ranked = np.stack([rng.permutation(50)[:10] for _ in range(200)])
+    targets = rng.integers(0, 50, size=200)
+    assert metrics_from_ranks(target_ranks(ranked, targets)) == ranking_metrics(ranked, targets)
+    per_user = user_gains(target_ranks(ranked, targets))
+    assert list(per_user) == list(METRIC_NAMES)
+    assert per_user["ndcg@10"].shape == (200,)
+
+
+def test_cross_fitting_scores_the_epoch_that_wins_everywhere() -> None:
+    """An epoch better for every user is chosen on every half: the cross-fitted metrics are
+    exactly its own."""
+    rng = np.random.default_rng(0)
+    ranks = _noise_ranks(rng, 4, 300)
+    ranks[2] = np.where(rng.random(300) < 0.6, 1, 2)  # every user ranked 1 or 2
+    assert cross_fitted_metrics(ranks) == pytest.approx(metrics_from_ranks(ranks[2]), abs=1e-12)
+
+
+def test_cross_fitting_removes_the_best_epochs_optimism() -> None:
+    """Ten epochs of the same quality: the best epoch's score exceeds what any of them is
+    worth, the cross-fitted score does not."""
+    ranks = _noise_ranks(np.random.default_rng(7), 10, 2000)
+    per_epoch = [metrics_from_ranks(r)["ndcg@10"] for r in ranks]
+    worth = float(np.mean(per_epoch))
+    best = max(per_epoch)
+    fitted = cross_fitted_metrics(ranks)
+    assert best - worth > 0.005  # the maximum of ten noisy, equal scores
+    assert abs(fitted["ndcg@10"] - worth) < (best - worth) / 2
+    assert set(fitted) == set(METRIC_NAMES)
+    assert cross_fitted_metrics(ranks) == fitted  # a fixed seed: deterministic
+    assert cross_fitted_metrics(ranks, seed=1) != fitted
+
+
+def test_cross_fitting_rejects_bad_shapes_and_criteria() -> None:
+    with pytest.raises(ValueError, match="epochs >= 1, users >= 2"):
+        cross_fitted_metrics(np.zeros((0, 5), dtype=int))
+    with pytest.raises(ValueError, match="epochs >= 1, users >= 2"):
+        cross_fitted_metrics(np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="unknown criterion"):
+        cross_fitted_metrics(np.zeros((2, 5), dtype=int), criterion="mrr")

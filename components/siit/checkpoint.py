@@ -34,6 +34,9 @@ class RunState:
     mlflow_run_id: str | None = None
     history: list[dict] = field(default_factory=list)
     parts: dict[str, str] = field(default_factory=dict)  # data / params / code fingerprints
+    # every candidate the best model was chosen from, in order: {epoch, map_round, ranks},
+    # ranks the per-user validation target ranks (1-based, 0 = not in the top-k)
+    valid_ranks: list[dict] = field(default_factory=list)
 
 
 class RunCheckpoint:

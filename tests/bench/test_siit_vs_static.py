@@ -45,7 +45,9 @@ def test_every_configuration_is_checked_before_training(bench) -> None:
     assert "siit:" not in message.replace("siit.", "")  # the valid ones are not named
 
 
-def _report(best: float, last: float, test: float, refine: bool = False) -> dict:
+def _report(
+    best: float, last: float, test: float, refine: bool = False, cross: float | None = None
+) -> dict:
     """A model report as the pipeline writes it: the best epoch's valid, test, and rounds whose
     last validated row is the budget's last epoch (a refinement row has no valid metrics)."""
     metrics = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -61,6 +63,7 @@ def _report(best: float, last: float, test: float, refine: bool = False) -> dict
         "rounds": rounds,
         "best_round": 0,
         "best_epoch": 2,
+        "valid_cross_fitted": None if cross is None else dict.fromkeys(metrics, cross),
     }
 
 
@@ -84,3 +87,22 @@ def test_the_paired_table_shows_the_last_epochs_validation_beside_the_best(bench
     assert "| +50.0% | +0.0500 [" in rows[("deep", "valid, last epoch")]  # against 0.10
     assert "| +20.0% | +0.0200 [" in rows[("deep", "test")]
     assert "| +20.0% | +0.0200 [" in rows[("siit", "valid, last epoch")]  # refinement row skipped
+
+
+def test_the_cross_fitted_row_appears_when_every_run_has_it(bench, capsys) -> None:
+    def results(cross: bool) -> dict:
+        return {
+            seed: {
+                "static": {"static": _report(0.20, 0.10, 0.10, cross=0.15 if cross else None)},
+                "siit": {"siit": _report(0.18, 0.12, 0.11, True, cross=0.18 if cross else None)},
+            }
+            for seed in (1, 2)
+        }
+
+    bench.print_tables(results(True), {"siit": {}}, False)
+    out = capsys.readouterr().out
+    (paired,) = [r for r in out.splitlines() if r.startswith("| siit | valid, cross-fitted |")]
+    assert "| +20.0% | +0.0300 [" in paired  # 0.18 against 0.15
+    assert "| 1 | siit | valid, cross-fitted | 0.1800 |" in out  # and per seed
+    bench.print_tables(results(False), {"siit": {}}, False)  # older runs: no such row
+    assert "cross-fitted" not in capsys.readouterr().out

@@ -9,9 +9,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
+
+from components.metrics import cross_fitted_metrics, metrics_from_ranks
 
 from tests.flows.conftest import copy_prepared
 from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge, run
@@ -74,6 +77,26 @@ def test_context_signal_records_immediate_effect_and_best_epoch(
         assert len(set(codes)) == len(codes)  # a bijection every round
     recs = pl.read_parquet(tmp_path / "a/reports/models/siit_recommendations_test.parquet")
     assert "target_item_id" in recs.columns
+    # every validation the best model was chosen from, per user: the best candidate's ranks
+    # give the reported validation, and the cross-fitted validation is recomputed from them
+    ranks = pl.read_parquet(tmp_path / "a/reports/models/siit_valid_ranks.parquet")
+    assert ranks.columns == ["candidate", "epoch", "map_round", "user_id", "rank"]
+    candidates = ranks.select("candidate", "epoch", "map_round").unique(maintain_order=True)
+    # epochs 1-3 with their maps, and the refined maps after epochs 1 and 2
+    assert candidates.rows() == [(0, 1, 0), (1, 1, 1), (2, 2, 1), (3, 2, 2), (4, 3, 2)]
+    by_candidate = np.stack(
+        [ranks.filter(pl.col("candidate") == c).get_column("rank").to_numpy() for c in range(5)]
+    )
+    users = ranks.get_column("user_id").n_unique()
+    assert by_candidate.shape == (5, users) and ranks.height == 5 * users
+    scores = [metrics_from_ranks(r) for r in by_candidate]
+    best = int(np.argmax([s["ndcg@10"] for s in scores]))
+    assert candidates.row(best)[1] == report["best_epoch"]
+    assert scores[best] == pytest.approx(report["valid"], abs=1e-12)
+    assert [s["ndcg@10"] for s in scores[0::2]] == pytest.approx(
+        rounds.get_column("valid_ndcg@10").to_list(), abs=1e-12
+    )
+    assert report["valid_cross_fitted"] == pytest.approx(cross_fitted_metrics(by_candidate))
 
 
 def test_t5_trains_refines_and_ranks_through_the_flow(
