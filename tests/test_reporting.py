@@ -31,3 +31,18 @@ def test_rows_are_baselines_then_static_then_siit_whatever_the_file_order() -> N
         .splitlines()[-1]
         .endswith("| +10.0% | +10.0% | +10.0% | +10.0% |")
     )
+
+
+def test_the_cross_fitted_validation_sits_between_validation_and_test() -> None:
+    metrics = {
+        "siit": {"test": VALUES, "valid": VALUES, "valid_cross_fitted": VALUES},
+        "static": {"valid": VALUES, "test": VALUES},  # a model report from before: no such row
+    }
+    rows = [line.split("|")[1:3] for line in format_metrics_table(metrics).splitlines()[2:]]
+    assert [(m.strip(), s.strip()) for m, s in rows] == [
+        ("static", "valid"),
+        ("static", "test"),
+        ("siit", "valid"),
+        ("siit", "valid_cross_fitted"),
+        ("siit", "test"),
+    ]
