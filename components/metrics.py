@@ -56,12 +56,13 @@ def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict
 
 
 def cross_fitted_metrics(
-    ranks_by_epoch: np.ndarray,
+    candidate_ranks: np.ndarray,
     criterion: str = "ndcg@10",
     repeats: int = 50,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Validation metrics of an epoch chosen without the users it is scored on.
+    """Validation metrics of an epoch (a candidate model) chosen without the users it is scored
+    on.
 
     Keeping the epoch with the best validation score and reporting that score overstates it:
     the score is the largest of several noisy ones, the more so the flatter the curve (a model
@@ -72,13 +73,13 @@ def cross_fitted_metrics(
     without it. The result averages over `repeats` random splits (fixed by `seed`), so it is
     deterministic.
 
-    ranks_by_epoch: int [candidates, users], each user's validation target rank for every
+    candidate_ranks: int [candidates, users], each user's validation target rank for every
     candidate the choice is made from, in the order they were made (each epoch's model; for
     SIIT also the model with each refined map), 1-based, 0 = not in the top-k.
     """
-    ranks = np.asarray(ranks_by_epoch)
+    ranks = np.asarray(candidate_ranks)
     if ranks.ndim != 2 or ranks.shape[0] == 0 or ranks.shape[1] < 2:
-        raise ValueError(f"need ranks [epochs >= 1, users >= 2]; got shape {ranks.shape}")
+        raise ValueError(f"need ranks [candidates >= 1, users >= 2]; got shape {ranks.shape}")
     gains = user_gains(ranks)
     if criterion not in gains:
         raise ValueError(f"unknown criterion {criterion!r}; one of {sorted(gains)}")

@@ -81,5 +81,5 @@ class Paths:
         return self.reports / "models" / f"{name}_recommendations_test.parquet"
 
     def model_valid_ranks(self, name: str) -> Path:
-        """Each validation user's target rank after every validated epoch (train stage)."""
+        """Each validation user's target rank for every candidate of the best-epoch choice."""
         return self.reports / "models" / f"{name}_valid_ranks.parquet"

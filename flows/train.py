@@ -502,7 +502,10 @@ def _finish(
     ranks = np.array([c["ranks"] for c in state.valid_ranks], dtype=np.int32)
     report = {
         "valid": valid,
-        "valid_cross_fitted": cross_fitted_metrics(ranks) if len(ranks) else None,
+        # None when there is nothing to split (no candidate, or a single validation user)
+        "valid_cross_fitted": (
+            cross_fitted_metrics(ranks) if ranks.ndim == 2 and ranks.shape[1] >= 2 else None
+        ),
         "test": test,
         "best_round": state.best_round,
         "best_epoch": state.best_epoch,

@@ -86,9 +86,9 @@ def test_cross_fitting_removes_the_best_epochs_optimism() -> None:
 
 
 def test_cross_fitting_rejects_bad_shapes_and_criteria() -> None:
-    with pytest.raises(ValueError, match="epochs >= 1, users >= 2"):
+    with pytest.raises(ValueError, match="candidates >= 1, users >= 2"):
         cross_fitted_metrics(np.zeros((0, 5), dtype=int))
-    with pytest.raises(ValueError, match="epochs >= 1, users >= 2"):
+    with pytest.raises(ValueError, match="candidates >= 1, users >= 2"):
         cross_fitted_metrics(np.zeros(5, dtype=int))
     with pytest.raises(ValueError, match="unknown criterion"):
         cross_fitted_metrics(np.zeros((2, 5), dtype=int), criterion="mrr")
