@@ -123,7 +123,7 @@ def run_config(
 
 
 def _reports(work: Path, seconds: dict) -> dict:
-    reports = {"seconds": seconds}
+    reports = {"seconds": seconds, "work": str(work)}  # the run's folder: per-user outputs
     for key, path in {
         "tokenize": work / "reports/tokenize.json",
         "static": work / "reports/models/static.json",

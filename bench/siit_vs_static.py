@@ -23,6 +23,9 @@ Printed (markdown):
    as the protocol selects), and on the validation of the last epoch, which no selection
    inflates (a diagnostic: a model past its peak gains more from picking its best of several
    noisy epochs than one still rising);
+   with every run's per-user test results at hand, the test difference's interval again with
+   the users resampled too (a pigeonhole bootstrap over seeds and users: the seeds' interval
+   leaves out the sampling noise of the 943 users, who are the same in every seed);
 3. the immediate effect of every refinement (the model just before refinement, with the old
    and the refined map: validation NDCG@10 and training seqrec loss);
 4. with --fresh: a static model trained from scratch on each variant's final map (same seed
@@ -41,6 +44,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +90,42 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def average(split: dict[str, float]) -> float:
     return statistics.mean(split[m] for m in METRICS)
+
+
+def user_test_gains(work: str | Path, model_file: str) -> dict[str, float]:
+    """Each test user's four-metric average (Recall/NDCG@5/10 of its one target) from a run's
+    `reports/models/<model_file>_recommendations_test.parquet`; {} when the file is absent."""
+    import polars as pl
+
+    from components.metrics import user_gains
+
+    path = Path(work) / "reports" / "models" / f"{model_file}_recommendations_test.parquet"
+    if not path.exists():
+        return {}
+    frame = pl.read_parquet(path)
+    hits = frame.filter(pl.col("item_id") == pl.col("target_item_id"))
+    rank = dict(zip(hits.get_column("user_id").to_list(), hits.get_column("rank").to_list()))
+    users = sorted(frame.get_column("user_id").unique().to_list())
+    gains = user_gains([rank.get(u, 0) for u in users])
+    return {u: float(sum(gains[m][i] for m in METRICS) / len(METRICS)) for i, u in enumerate(users)}
+
+
+def pigeonhole_interval(
+    diffs: np.ndarray, draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean and 95% percentile interval of a [seeds, users] table of paired differences, seeds
+    and users resampled independently in every draw (Owen's pigeonhole bootstrap): both the
+    training noise (seeds) and the test users' sampling noise are in the interval."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    n_seeds, n_users = diffs.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(draws)
+    for b in range(draws):
+        rows = rng.integers(n_seeds, size=n_seeds)
+        cols = rng.integers(n_users, size=n_users)
+        means[b] = diffs[rows][:, cols].mean()
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(diffs.mean()), float(lo), float(hi)
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float, float]:
@@ -318,6 +358,7 @@ def print_tables(
                 f"| {model} | {split} | {' | '.join(cells)} | {rel} | "
                 f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
             )
+    print_user_intervals(results, models, variants)
     if not variants:
         return
     print()
@@ -339,6 +380,36 @@ def print_tables(
                     f"{row['effect_valid_ndcg@10_old']:.4f} -> {row['effect_valid_ndcg@10_new']:.4f} | "
                     f"{row['effect_seqrec_loss_old']:.3f} -> {row['effect_seqrec_loss_new']:.3f} |"
                 )
+
+
+def print_user_intervals(results: dict[int, dict], models: list[str], variants: dict) -> None:
+    """The test difference's interval with the users resampled too, when every run left its
+    per-user test results (runs of the pipeline; not the tests' synthetic reports)."""
+    if not all("work" in results[s][m] for s in results for m in models):
+        return
+    gains = {
+        (s, m): user_test_gains(
+            results[s][m]["work"], "siit" if m in variants else "static"
+        )
+        for s in results
+        for m in models
+    }
+    if not all(gains.values()):
+        return
+    users = sorted(gains[next(iter(results)), "static"])
+    print()
+    print(
+        "Test, seeds and users resampled (pigeonhole bootstrap, 2,000 draws, "
+        f"{len(results)} seeds x {len(users)} users): paired difference of the four-metric "
+        "average [95% interval]"
+    )
+    print()
+    for model in models[1:]:
+        diffs = np.array(
+            [[gains[s, model][u] - gains[s, "static"][u] for u in users] for s in results]
+        )
+        mean, lo, hi = pigeonhole_interval(diffs)
+        print(f"- {model}: {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,44 @@ def test_the_cross_fitted_row_appears_when_every_run_has_it(bench, capsys) -> No
     assert "| 1 | siit | valid, cross-fitted | 0.1800 |" in out  # and per seed
     bench.print_tables(results(False), {"siit": {}}, False)  # older runs: no such row
     assert "cross-fitted" not in capsys.readouterr().out
+
+
+def test_user_test_gains_read_a_runs_recommendations(bench, tmp_path) -> None:
+    import polars as pl
+
+    (tmp_path / "reports/models").mkdir(parents=True)
+    rows = [  # u1: target at rank 1; u2: at rank 3; u3: missed
+        ("u1", 1, "a", "a"),
+        ("u1", 2, "b", "a"),
+        ("u2", 1, "c", "e"),
+        ("u2", 2, "d", "e"),
+        ("u2", 3, "e", "e"),
+        ("u3", 1, "a", "z"),
+    ]
+    pl.DataFrame(
+        rows, schema=["user_id", "rank", "item_id", "target_item_id"], orient="row"
+    ).with_columns(pl.col("rank").cast(pl.Int32)).write_parquet(
+        tmp_path / "reports/models/static_recommendations_test.parquet"
+    )
+    gains = bench.user_test_gains(tmp_path, "static")
+    assert gains["u1"] == pytest.approx(1.0)  # hit at 1: recall and ndcg 1 at 5 and 10
+    assert gains["u2"] == pytest.approx((1 + 1 + 0.5 + 0.5) / 4)  # 1/log2(4) = 0.5
+    assert gains["u3"] == 0.0
+    assert bench.user_test_gains(tmp_path, "siit") == {}  # no such file
+
+
+def test_the_pigeonhole_interval_holds_both_sources_of_noise(bench) -> None:
+    import numpy as np
+
+    assert bench.pigeonhole_interval(np.full((3, 50), 0.02)) == pytest.approx((0.02, 0.02, 0.02))
+    rng = np.random.default_rng(0)
+    users = rng.normal(0.0, 0.3, size=400)  # the same users' noise in every seed
+    same_seeds = np.tile(users, (5, 1))
+    mean, lo, hi = bench.pigeonhole_interval(same_seeds)
+    se = users.std() / len(users) ** 0.5
+    assert mean == pytest.approx(users.mean())
+    assert 3.0 * se < hi - lo < 5.0 * se  # about +-1.96 standard errors of the users' mean
+    seeds_too = same_seeds + rng.normal(0.0, 0.05, size=(5, 1))  # plus a per-seed shift
+    _, lo2, hi2 = bench.pigeonhole_interval(seeds_too)
+    assert hi2 - lo2 > hi - lo
+    assert bench.pigeonhole_interval(seeds_too)[1:] == (lo2, hi2)  # a fixed seed: deterministic
