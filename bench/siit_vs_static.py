@@ -312,14 +312,15 @@ def print_tables(
         for seed in results
         for m in models
     )
-    summary_splits = ("valid", *((CROSS,) if cross else ()), LAST, "test")
+    seed_splits = ("valid", *((CROSS,) if cross else ()), "test")
+    summary_splits = (*seed_splits[:-1], LAST, "test")
 
     print("| seed | model | split | " + " | ".join(METRICS) + " | average | best (round, epoch) |")
     print("|" + "---|" * (len(METRICS) + 5))
     for seed in results:
         for model in models:
             rep = results[seed][model]["siit" if model in variants else "static"]
-            for split in ("valid", *((CROSS,) if cross else ()), "test"):
+            for split in seed_splits:
                 vals = split_of(seed, model, split)
                 cells = " | ".join(f"{vals[m]:.4f}" for m in METRICS)
                 where = (

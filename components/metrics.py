@@ -36,15 +36,12 @@ def user_gains(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, np
     """Each user's Recall@k (hit) and NDCG@k from its target's 1-based rank (0 = absent), in
     METRIC_NAMES order; `ranks` may have any shape (e.g. [epochs, users])."""
     ranks = np.asarray(ranks)
-    out: dict[str, np.ndarray] = {}
-    for k in sorted(ks):
-        hit = (ranks >= 1) & (ranks <= k)
-        out[f"recall@{k}"] = hit.astype(np.float64)
-    for k in sorted(ks):
-        hit = (ranks >= 1) & (ranks <= k)
-        safe = np.where(hit, ranks, 1)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0)
-    return out
+    hits = {k: (ranks >= 1) & (ranks <= k) for k in sorted(ks)}
+    discount = 1.0 / np.log2(np.maximum(ranks, 1) + 1.0)
+    return {
+        **{f"recall@{k}": hit.astype(np.float64) for k, hit in hits.items()},
+        **{f"ndcg@{k}": np.where(hit, discount, 0.0) for k, hit in hits.items()},
+    }
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
