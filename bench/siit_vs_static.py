@@ -104,7 +104,9 @@ def user_test_gains(work: str | Path, model_file: str) -> dict[str, float]:
         return {}
     frame = pl.read_parquet(path)
     hits = frame.filter(pl.col("item_id") == pl.col("target_item_id"))
-    rank = dict(zip(hits.get_column("user_id").to_list(), hits.get_column("rank").to_list()))
+    rank = dict(
+        zip(hits.get_column("user_id").to_list(), hits.get_column("rank").to_list(), strict=True)
+    )
     users = sorted(frame.get_column("user_id").unique().to_list())
     gains = user_gains([rank.get(u, 0) for u in users])
     return {u: float(sum(gains[m][i] for m in METRICS) / len(METRICS)) for i, u in enumerate(users)}
@@ -389,9 +391,7 @@ def print_user_intervals(results: dict[int, dict], models: list[str], variants: 
     if not all("work" in results[s][m] for s in results for m in models):
         return
     gains = {
-        (s, m): user_test_gains(
-            results[s][m]["work"], "siit" if m in variants else "static"
-        )
+        (s, m): user_test_gains(results[s][m]["work"], "siit" if m in variants else "static")
         for s in results
         for m in models
     }

@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from components.metrics import cross_fitted_metrics, metrics_from_ranks
-
 from tests.flows.conftest import copy_prepared
 from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge, run
 
