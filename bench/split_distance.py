@@ -20,6 +20,11 @@ paired difference of each model against the reference run of the same seed.
 
     python bench/split_distance.py --tag cf --seeds 1 2 3 4 5 --models static siit
     python bench/split_distance.py --tag cf --seeds 1 2 --models static l4
+    python bench/split_distance.py --tag cf --seeds 1 2 3 4 5 --models static --peers
+
+With --peers, most-popular and SASRec (bench/peers.py's settings, seeded with each seed,
+early-stopped on validation as there) are trained on the same data and scored on the same
+four targets: the reference for how much a full-ranking model loses with the distance.
 
 Run folders are `bench/.runs/<tag>-s<seed>-<model>/` as `bench/siit_vs_static.py` leaves them
 (the first model named is the reference). Reads only; trains nothing.
@@ -102,6 +107,27 @@ def score_run(work: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def score_peers(work: Path, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Most-popular and SASRec (trained here, bench/peers.py's settings) on the four targets."""
+    from components.baselines.sasrec import SASRecConfig, recommend_sasrec, train_sasrec
+    from components.config import load_params
+    from components.evaluation import recommend_popular
+
+    params = load_params(work / "params.yaml")
+    dataset = Dataset.read(work / "data" / "processed")
+    top_k, exclude = params.evaluate.top_k, params.evaluate.exclude_seen
+    cfg = SASRecConfig(seed=seed, top_k=top_k, exclude_seen=exclude)
+    sasrec = train_sasrec(dataset, cfg).model
+    popularity = dataset.popularity()
+    out: dict[str, dict[str, np.ndarray]] = {"popularity": {}, "sasrec": {}}
+    for name, split in distance_splits(dataset).items():
+        ranked = recommend_popular(popularity, split, top_k, exclude)
+        out["popularity"][name] = user_averages(ranked, split.targets)
+        ranked = recommend_sasrec(sasrec, split, top_k, exclude)
+        out["sasrec"][name] = user_averages(ranked, split.targets)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,6 +138,7 @@ def main() -> None:
         "--models", nargs="+", required=True, help="run names; the first is the reference"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--peers", action="store_true", help="also most-popular and SASRec")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -126,7 +153,14 @@ def main() -> None:
             scores[(seed, name)] = score_run(work)
             row = " ".join(f"{t} {scores[(seed, name)][t].mean():.4f}" for t in TARGETS)
             print(f"seed {seed} {name}: {row}", flush=True)
-    print_tables(scores, args.seeds, args.models)
+        if args.peers:
+            peers = score_peers(RUNS / f"{args.tag}-s{seed}-{args.models[0]}", seed)
+            for name, by_target in peers.items():
+                scores[(seed, name)] = by_target
+                row = " ".join(f"{t} {by_target[t].mean():.4f}" for t in TARGETS)
+                print(f"seed {seed} {name}: {row}", flush=True)
+    models = args.models + (["popularity", "sasrec"] if args.peers else [])
+    print_tables(scores, args.seeds, models)
 
 
 def print_tables(scores: dict, seeds: list[int], models: list[str]) -> None:
@@ -138,6 +172,19 @@ def print_tables(scores: dict, seeds: list[int], models: list[str]) -> None:
         for t in TARGETS:
             values = [float(scores[(s, name)][t].mean()) for s in seeds]
             cells.append(f"{statistics.mean(values):.4f} [{', '.join(f'{v:.4f}' for v in values)}]")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(
+        "\neach model against its own validation score (mean over seeds of the per-seed ratio):\n"
+    )
+    print("| model | " + " | ".join(TARGETS) + " |")
+    print("|---|" + "---|" * len(TARGETS))
+    for name in models:
+        cells = []
+        for t in TARGETS:
+            ratios = [
+                scores[(s, name)][t].mean() / scores[(s, name)]["valid"].mean() for s in seeds
+            ]
+            cells.append(f"{statistics.mean(ratios):.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     ref = models[0]
     if len(models) < 2:

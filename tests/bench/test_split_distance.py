@@ -124,3 +124,16 @@ def test_a_kept_model_is_scored_as_the_pipeline_scores_it(bench, tmp_path) -> No
     for split in ("valid", "test"):
         metrics, _ = evaluate_model(loaded, dataset, codes, params.evaluate, split)
         assert scores[split].mean() == pytest.approx(np.mean([metrics[m] for m in METRIC_NAMES]))
+
+
+def test_the_tables_pair_each_model_with_the_reference(bench, capsys) -> None:
+    static = {t: np.array([0.4, 0.2]) for t in bench.TARGETS}  # 0.3 on every target
+    siit = {t: np.array([0.6, 0.3]) for t in bench.TARGETS}  # 0.45, valid 0.3
+    siit["valid"] = np.array([0.3, 0.3])
+    bench.print_tables({(1, "static"): static, (1, "siit"): siit}, [1], ["static", "siit"])
+    out = capsys.readouterr().out
+    assert "| static | 0.3000 [0.3000] | 0.3000 [0.3000] | 0.3000 [0.3000]" in out
+    assert "| siit | 0.4500 [0.4500] | 0.3000 [0.3000] | 0.4500 [0.4500]" in out
+    assert "| siit | 1.500 | 1.000 | 1.500 | 1.500 |" in out  # against its own validation
+    paired = out.split("against static, paired per seed")[1]
+    assert paired.count("+50.0% [+50.0%]") == 3 and "0.0% [" in paired  # valid level
