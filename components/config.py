@@ -213,6 +213,12 @@ class TrainConfig(Strict):
         "uniformly from band_min to data.max_history items (varied context, as plain windows "
         "give); 0 = always data.max_history",
     )
+    hold_out_last: bool = Field(
+        False,
+        description="each user's last training item is not trained on (no target, no "
+        "context): it stays the newest item of validation's history, which the model then "
+        "never saw in that user's context, as test's newest item is (bench/split_distance.py)",
+    )
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")
     concurrent: bool = Field(

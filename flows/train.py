@@ -158,7 +158,7 @@ def refine_task(
     seed = params.train.seed * 100 + round_index
     contexts = background = None
     if params.siit.signal != "text":
-        train = session.dataset.train_sequences()
+        train = session.train_sequences  # training targets only (train.hold_out_last too)
         max_history = session.dataset.max_history
         contexts = training_contexts(
             train, session.dataset.n_items, max_history, params.siit.contexts_per_item, seed=seed

@@ -34,6 +34,13 @@ from components.model.training import (
 log = logging.getLogger(__name__)
 
 
+def training_sequences(dataset: Dataset, cfg: TrainConfig) -> list[np.ndarray]:
+    """What the model trains on: each user's sequence before its validation target, without
+    its last item too under `train.hold_out_last` (a user left with no item trains nothing)."""
+    train = dataset.train_sequences()
+    return [seq[:-1] for seq in train] if cfg.hold_out_last else train
+
+
 @dataclass
 class TrainingSession:
     rec: GenerativeRecommender
@@ -48,9 +55,11 @@ class TrainingSession:
     # thread hand-off, components.thread_share); must not change results
     on_step: Callable[[], object] | None = None
     trainer: Trainer = field(init=False)
+    train_sequences: list[np.ndarray] = field(init=False)  # what the model trains on
 
     def __post_init__(self) -> None:
         add_residual_dropout(self.rec.model, self.residual_dropout)
+        self.train_sequences = training_sequences(self.dataset, self.train_cfg)
         self.set_codes(self.codes)
         # seqrec layout: banded windows where the model can take them (train.banded)
         self.banded = self.train_cfg.banded and supports_banded(self.rec.model)
@@ -80,7 +89,7 @@ class TrainingSession:
         return task_examples(
             self.prompts,
             self.train_cfg.tasks,
-            train_sequences=self.dataset.train_sequences(),
+            train_sequences=self.train_sequences,
             texts=self.dataset.item_texts(),
             titles=self.dataset.item_titles(),
             max_history=self.dataset.max_history,
@@ -126,7 +135,7 @@ class TrainingSession:
         refinement moves about 1% of the identifiers, and most windows then hold none of them.
         """
         windows = seqrec_windows(
-            self.dataset.train_sequences(),
+            self.train_sequences,
             self.dataset.max_history,
             one_per_target=self.rec.is_encoder_decoder,
             stride=self.stride,

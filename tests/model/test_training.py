@@ -326,7 +326,7 @@ def test_seqrec_loss_after_a_refinement_scores_only_windows_with_a_moved_item(ba
 
 def _windows(session) -> list:
     return training.seqrec_windows(
-        session.dataset.train_sequences(),
+        session.train_sequences,
         session.dataset.max_history,
         stride=session.stride,
         banded=session.banded,
@@ -335,6 +335,33 @@ def _windows(session) -> list:
 
 def _window_items(session) -> list[list[int]]:
     return [list(w) for w, _ in _windows(session)]
+
+
+def test_hold_out_last_trains_without_each_users_last_training_item() -> None:
+    """train.hold_out_last: every user's last training item is neither a target nor context;
+    evaluation's histories keep it (the validation split is the dataset's, unchanged)."""
+    codes = np.array([[i // 4, i % 4] for i in range(10)])
+    kept, held = _session(codes), _session(codes, hold_out_last=True)
+    train = held.dataset.train_sequences()
+    assert [s.tolist() for s in kept.train_sequences] == [s.tolist() for s in train]
+    assert [s.tolist() for s in held.train_sequences] == [s[:-1].tolist() for s in train]
+    assert any(len(s) == 0 for s in held.train_sequences)  # a user left with nothing to train
+
+    def targets(session) -> int:
+        return sum(max(len(s) - 1, 0) for s in session.train_sequences)
+
+    assert 0 < targets(held) < targets(kept)
+    for session in (kept, held):  # the same label tokens per target: only targets are gone
+        rows = session._examples(0)["seqrec"]
+        assert collate(rows, pad_id=0).n_label_tokens == 2 * targets(session)  # 2 codes each
+    # the two users with fixed sequences: their held-out items (2 and 7) are in no window
+    windows = _window_items(held)
+    assert [0, 1] in windows and [5, 6] in windows
+    assert not any(w[:2] in ([0, 1], [5, 6]) and len(w) > 2 for w in windows)
+    assert held.seqrec_loss().counts.sum() == 2 * targets(held)
+    assert held.train_epoch()["loss"] > 0
+    valid = held.dataset.eval_split("valid")
+    assert valid.histories[-2].tolist() == [0, 1, 2]  # evaluation still sees the held-out item
 
 
 def test_seqrec_windows_are_the_rows_of_seqrec_examples() -> None:
