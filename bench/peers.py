@@ -147,6 +147,7 @@ def main() -> None:
         seed=args.seed,
         top_k=top_k,
         exclude_seen=exclude,
+        hold_out_last=params.train.hold_out_last,  # as the generative models train
     )
     start = time.perf_counter()
     run = train_sasrec(dataset, cfg, on_epoch=_progress)

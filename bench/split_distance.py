@@ -116,7 +116,9 @@ def score_peers(work: Path, seed: int) -> dict[str, dict[str, np.ndarray]]:
     params = load_params(work / "params.yaml")
     dataset = Dataset.read(work / "data" / "processed")
     top_k, exclude = params.evaluate.top_k, params.evaluate.exclude_seen
-    cfg = SASRecConfig(seed=seed, top_k=top_k, exclude_seen=exclude)
+    cfg = SASRecConfig(
+        seed=seed, top_k=top_k, exclude_seen=exclude, hold_out_last=params.train.hold_out_last
+    )
     sasrec = train_sasrec(dataset, cfg).model
     popularity = dataset.popularity()
     out: dict[str, dict[str, np.ndarray]] = {"popularity": {}, "sasrec": {}}

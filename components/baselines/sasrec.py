@@ -43,6 +43,9 @@ class SASRecConfig:
     eval_batch_size: int = 512
     top_k: int = 10
     exclude_seen: bool = True
+    # each user's last training item neither target nor context (the pipeline's
+    # train.hold_out_last): validation's newest history item is then new, as test's is
+    hold_out_last: bool = False
     seed: int = 42
 
 
@@ -184,6 +187,8 @@ def train_sasrec(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
     train, valid_split = dataset.train_sequences(), dataset.eval_split("valid")
+    if cfg.hold_out_last:
+        train = [seq[:-1] for seq in train]
     rng = np.random.default_rng(cfg.seed)
     best_score, best_epoch, best_state, stale = -1.0, -1, None, 0
     history: list[dict[str, float]] = []

@@ -94,3 +94,25 @@ def test_deterministic_under_a_seed() -> None:
         recommend_sasrec(first.model, split, 10, True),
         recommend_sasrec(second.model, split, 10, True),
     )
+
+
+def test_hold_out_last_trains_without_each_users_last_training_item(monkeypatch) -> None:
+    """SASRecConfig.hold_out_last (the pipeline's train.hold_out_last, passed by the peers
+    bench): the windows are built from each training sequence without its last item."""
+    import components.baselines.sasrec as sasrec
+
+    seen: list[list[np.ndarray]] = []
+
+    def recording(sequences, max_len, rng):
+        seen.append([np.array(s) for s in sequences])
+        return training_windows(sequences, max_len, rng)
+
+    monkeypatch.setattr(sasrec, "training_windows", recording)
+    torch.set_num_threads(1)
+    dataset = ring_dataset(n_users=12)
+    cfg = SASRecConfig(hidden_size=16, batch_size=16, max_epochs=1, patience=1)
+    train = dataset.train_sequences()
+    train_sasrec(dataset, cfg)
+    assert [s.tolist() for s in seen[-1]] == [s.tolist() for s in train]
+    train_sasrec(dataset, SASRecConfig(**{**cfg.__dict__, "hold_out_last": True}))
+    assert [s.tolist() for s in seen[-1]] == [s[:-1].tolist() for s in train]
