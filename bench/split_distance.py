@@ -27,7 +27,8 @@ early-stopped on validation as there) are trained on the same data and scored on
 four targets: the reference for how much a full-ranking model loses with the distance.
 
 Run folders are `bench/.runs/<tag>-s<seed>-<model>/` as `bench/siit_vs_static.py` leaves them
-(the first model named is the reference). Reads only; trains nothing.
+(the first model named is the reference). Reads the runs and trains nothing of theirs
+(`--peers` trains its own SASRec).
 """
 
 from __future__ import annotations
@@ -52,26 +53,17 @@ def distance_splits(dataset: Dataset) -> dict[str, EvalSplit]:
     """The four targets per user (users with a single training item have no train-last target
     that has a history, and are left out of every split, so that all four score the same users)."""
     keep = [i for i, seq in enumerate(dataset.sequences) if len(seq) >= 4]
-    h = dataset.max_history
-
-    def split(history_end: int, target_at: int) -> EvalSplit:
-        """history: the items before position len - history_end; target: position len - target_at;
-        seen: every item before the target except the target itself."""
-        users, histories, targets, seen = [], [], [], []
-        for i in keep:
-            seq = dataset.sequences[i]
-            target = seq[len(seq) - target_at]
-            users.append(dataset.user_ids[i])
-            histories.append(seq[: len(seq) - history_end][-h:])
-            targets.append(target)
-            seen.append(np.setdiff1d(seq[: len(seq) - target_at], [target]))
-        return EvalSplit(users, histories, np.array(targets, dtype=np.int64), seen)
-
+    users = Dataset(
+        dataset.items,
+        [dataset.user_ids[i] for i in keep],
+        [dataset.sequences[i] for i in keep],
+        dataset.max_history,
+    )
     return {
-        "train-last": split(history_end=3, target_at=3),
-        "valid": split(history_end=2, target_at=2),
-        "test": split(history_end=1, target_at=1),
-        "test-gap": split(history_end=2, target_at=1),
+        "train-last": users.target_split(3),
+        "valid": users.target_split(2),
+        "test": users.target_split(1),
+        "test-gap": users.target_split(1, history_end=2),
     }
 
 

@@ -186,9 +186,8 @@ def train_sasrec(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
-    train, valid_split = dataset.train_sequences(), dataset.eval_split("valid")
-    if cfg.hold_out_last:
-        train = [seq[:-1] for seq in train]
+    train = dataset.train_sequences(cfg.hold_out_last)
+    valid_split = dataset.eval_split("valid")
     rng = np.random.default_rng(cfg.seed)
     best_score, best_epoch, best_state, stale = -1.0, -1, None, 0
     history: list[dict[str, float]] = []

@@ -99,22 +99,36 @@ class Dataset:
     def item_texts(self) -> list[str]:
         return self.items.get_column("text").to_list()
 
-    def train_sequences(self) -> list[np.ndarray]:
-        """Each user's sequence without its validation and test targets."""
-        return [seq[:-2] for seq in self.sequences]
+    def train_sequences(self, hold_out_last: bool = False) -> list[np.ndarray]:
+        """Each user's sequence without its validation and test targets; with `hold_out_last`
+        (train.hold_out_last) without its last training item too, which then only validation's
+        history holds (a user may be left with no item)."""
+        cut = 3 if hold_out_last else 2
+        return [seq[: max(len(seq) - cut, 0)] for seq in self.sequences]
 
     def eval_split(self, split: Literal["valid", "test"]) -> EvalSplit:
         """Targets with their histories: valid sees the training part, test everything before the last item."""
         if split not in _HELD_OUT:
             raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
-        cut = _HELD_OUT[split]
-        before = [seq[: len(seq) - cut] for seq in self.sequences]
-        targets = np.array([seq[len(seq) - cut] for seq in self.sequences], dtype=np.int64)
+        return self.target_split(_HELD_OUT[split])
+
+    def target_split(self, target_at: int, history_end: int | None = None) -> EvalSplit:
+        """Each user's item `target_at` positions from the end (1 = the last) as the target;
+        history: the most recent max_history items before position len - `history_end`
+        (default `target_at`: the items right before the target); seen: every item before the
+        target except the target itself. Every sequence must be longer than `target_at - 1`."""
+        history_end = target_at if history_end is None else history_end
+        targets = np.array([seq[len(seq) - target_at] for seq in self.sequences], dtype=np.int64)
         return EvalSplit(
             user_ids=list(self.user_ids),
-            histories=[b[-self.max_history :] for b in before],
+            histories=[
+                seq[: len(seq) - history_end][-self.max_history :] for seq in self.sequences
+            ],
             targets=targets,
-            seen=[np.setdiff1d(b, [t]) for b, t in zip(before, targets, strict=True)],
+            seen=[
+                np.setdiff1d(seq[: len(seq) - target_at], [t])
+                for seq, t in zip(self.sequences, targets, strict=True)
+            ],
         )
 
     def popularity(self) -> np.ndarray:

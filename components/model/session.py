@@ -34,13 +34,6 @@ from components.model.training import (
 log = logging.getLogger(__name__)
 
 
-def training_sequences(dataset: Dataset, cfg: TrainConfig) -> list[np.ndarray]:
-    """What the model trains on: each user's sequence before its validation target, without
-    its last item too under `train.hold_out_last` (a user left with no item trains nothing)."""
-    train = dataset.train_sequences()
-    return [seq[:-1] for seq in train] if cfg.hold_out_last else train
-
-
 @dataclass
 class TrainingSession:
     rec: GenerativeRecommender
@@ -59,7 +52,7 @@ class TrainingSession:
 
     def __post_init__(self) -> None:
         add_residual_dropout(self.rec.model, self.residual_dropout)
-        self.train_sequences = training_sequences(self.dataset, self.train_cfg)
+        self.train_sequences = self.dataset.train_sequences(self.train_cfg.hold_out_last)
         self.set_codes(self.codes)
         # seqrec layout: banded windows where the model can take them (train.banded)
         self.banded = self.train_cfg.banded and supports_banded(self.rec.model)

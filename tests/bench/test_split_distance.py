@@ -6,10 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 
-from components.data import Dataset
+from tests.test_evaluation import _dataset
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -22,27 +21,10 @@ def bench():
     return module
 
 
-def _dataset(sequences: list[list[int]], n_items: int = 10, max_history: int = 3) -> Dataset:
-    items = pl.DataFrame(
-        {
-            "item_idx": np.arange(n_items, dtype=np.int64),
-            "item_id": [f"i{i}" for i in range(n_items)],
-            "title": [f"t{i}" for i in range(n_items)],
-            "text": [f"x{i}" for i in range(n_items)],
-        }
-    )
-    return Dataset(
-        items=items,
-        user_ids=[f"u{u}" for u in range(len(sequences))],
-        sequences=[np.asarray(s, dtype=np.int64) for s in sequences],
-        max_history=max_history,
-    )
-
-
 def test_targets_step_away_from_training(bench) -> None:
     # u0: training 0 1 2 3 4, validation 5, test 6; u1 too short for a train-last target
     # with a history (training 7 alone); u2 repeats its train-last item 8 later
-    dataset = _dataset([[0, 1, 2, 3, 4, 5, 6], [7, 8, 9], [8, 1, 8, 2, 3]])
+    dataset = _dataset([[0, 1, 2, 3, 4, 5, 6], [7, 8, 9], [8, 1, 8, 2, 3]], n_items=10)
     splits = bench.distance_splits(dataset)
     assert all(s.user_ids == ["u0", "u2"] for s in splits.values())
     expected = {  # (u0 history, target, seen), (u2 ...)
@@ -64,7 +46,9 @@ def test_targets_step_away_from_training(bench) -> None:
 
 def test_valid_and_test_are_the_pipelines_splits(bench) -> None:
     rng = np.random.default_rng(0)
-    dataset = _dataset([rng.permutation(10)[: rng.integers(4, 10)].tolist() for _ in range(20)])
+    dataset = _dataset(
+        [rng.permutation(10)[: rng.integers(4, 10)].tolist() for _ in range(20)], n_items=10
+    )
     splits = bench.distance_splits(dataset)
     for name in ("valid", "test"):
         ours, theirs = splits[name], dataset.eval_split(name)
