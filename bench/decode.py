@@ -38,7 +38,6 @@ import torch  # noqa: E402
 
 from components.config import ModelConfig, load_params  # noqa: E402
 from components.model.decoding import PrefixTrie, constrained_beam_search  # noqa: E402
-from components.model.prompts import PromptBuilder  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
 
 LEVELS = 3
@@ -169,7 +168,7 @@ def bench_catalogue(
     rec = build_model(cfg, args.codebook, device, args.seed)
     codes = random_codes(n_items, args.codebook, args.seed)
     rng = np.random.default_rng(args.seed + 1)
-    prompts_of = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts_of = rec.prompt_builder(codes)
     histories = [rng.choice(n_items, HISTORY, replace=False) for _ in range(args.users)]
     prompts = [prompts_of.seqrec_prompt(h) for h in histories]
     result = run_interleaved(

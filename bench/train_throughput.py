@@ -62,7 +62,7 @@ from transformers import Trainer as HFTrainer  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
 from components.config import ModelConfig, TrainConfig  # noqa: E402
-from components.model.prompts import Example, PromptBuilder  # noqa: E402
+from components.model.prompts import Example  # noqa: E402
 from components.model.recommender import GenerativeRecommender, pick_device  # noqa: E402
 from components.model.training import (  # noqa: E402
     Trainer,
@@ -110,7 +110,7 @@ def synthetic_examples(rec: GenerativeRecommender, n_items: int, n_users: int, s
     rng = np.random.default_rng(seed)
     flat = rng.choice(int(np.prod(CODEBOOKS)), n_items, replace=False)
     codes = np.stack(np.unravel_index(flat, CODEBOOKS), axis=1)
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     sequences = [rng.integers(0, n_items, size=rng.integers(10, 40)) for _ in range(n_users)]
     return seqrec_examples(prompts, sequences, MAX_HISTORY)
 

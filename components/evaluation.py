@@ -38,10 +38,9 @@ def recommend_generative(
 ) -> np.ndarray:
     """Top-k item indices per user by trie-constrained beam search: int [n_users, k], -1 pads."""
     from components.model.decoding import PrefixTrie, constrained_beam_search
-    from components.model.prompts import PromptBuilder
 
     rec.model.eval()
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)
     all_prompts = [prompts.seqrec_prompt(h) for h in split.histories]
     order = np.argsort([len(p) for p in all_prompts], kind="stable")  # similar lengths together

@@ -169,14 +169,13 @@ class Recommender:
 
     def __init__(self, rec, token_map, config: ServingConfig) -> None:
         from components.model.decoding import PrefixTrie
-        from components.model.prompts import PromptBuilder
 
         self.rec = rec
         self.rec.model.eval()
         self.config = config
         self.item_ids = list(token_map.item_ids)
         self.index = {item: i for i, item in enumerate(self.item_ids)}
-        self.prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(token_map.codes))
+        self.prompts = rec.prompt_builder(token_map.codes)
         self.trie = PrefixTrie.from_codes(token_map.codes, rec.codebook_sizes).to(rec.device)
 
     @classmethod

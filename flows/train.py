@@ -121,6 +121,7 @@ def build_session_task(
             token_map.codebook_sizes,
             dataset.item_texts() + dataset.item_titles(),
             seed=params.train.seed,
+            n_items=dataset.n_items,
         )
         rec.model.to(pick_device())
         codes = token_map.codes

@@ -39,11 +39,28 @@ class PromptBuilder:
     """Turns items, histories and identifiers into token ids for one tokenizer.
 
     `item_tokens` is int [n_items, levels]: the vocabulary ids of each item's identifier.
+    `input_tokens` (same shape, default `item_tokens`): how an item reads inside a history
+    (`model.item_inputs`: its leading codes and a token of its own); what the model is taught
+    to generate is always `item_tokens`.
     """
 
-    def __init__(self, tokenizer, item_tokens: np.ndarray, max_text_tokens: int = 48) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        item_tokens: np.ndarray,
+        max_text_tokens: int = 48,
+        input_tokens: np.ndarray | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.item_tokens = np.asarray(item_tokens, dtype=np.int64)
+        self.input_tokens = (
+            self.item_tokens if input_tokens is None else np.asarray(input_tokens, dtype=np.int64)
+        )
+        if self.input_tokens.shape != self.item_tokens.shape:
+            raise ValueError(
+                f"input tokens {self.input_tokens.shape} and identifiers {self.item_tokens.shape} "
+                "must have one row per item and one column per level"
+            )
         self.max_text_tokens = max_text_tokens
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos = tokenizer.eos_token_id
@@ -61,7 +78,7 @@ class PromptBuilder:
     # seqrec -------------------------------------------------------------------------
     def seqrec_prompt(self, history: np.ndarray) -> list[int]:
         """Prompt whose continuation is the next item's identifier."""
-        return self._seqrec_prefix + self.item_tokens[np.asarray(history)].reshape(-1).tolist()
+        return self._seqrec_prefix + self.input_tokens[np.asarray(history)].reshape(-1).tolist()
 
     def seqrec_window(self, window: np.ndarray, min_history: int = 1, band: int = 0) -> Example:
         """All next-item targets of a window in one sequence (causal LM, one pass).
@@ -70,9 +87,10 @@ class PromptBuilder:
         forward pass trains len(window) - min_history next-item predictions. `band` > 0: each
         target attends to at most that many items before it (a window longer than a history).
         """
-        ids = self.item_tokens[np.asarray(window)]
+        window = np.asarray(window)
+        ids = self.item_tokens[window]
         n_prefix = len(self._seqrec_prefix)
-        input_ids = self._seqrec_prefix + ids.reshape(-1).tolist()
+        input_ids = self._seqrec_prefix + self.input_tokens[window].reshape(-1).tolist()
         labels = [IGNORE] * (n_prefix + ids.shape[1] * min_history) + ids[min_history:].reshape(
             -1
         ).tolist()

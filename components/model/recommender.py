@@ -26,7 +26,7 @@ from transformers import (
 from components.config import ModelConfig
 from components.io import atomic_dir
 from components.model.decoding import CodeLevels, is_encoder_decoder
-from components.model.prompts import template_texts
+from components.model.prompts import PromptBuilder, template_texts
 from components.model.text_tokenizer import fit_text_tokenizer
 from components.tokenizers import code_token
 
@@ -46,6 +46,10 @@ class GenerativeRecommender:
     profile: str = "tiny"
     architecture: str = "llama"  # the tiny profile's: llama (decoder-only) or t5
     code_softmax: bool = False  # model.code_softmax: identifier tokens softmax within their level
+    # model.item_inputs: vocabulary rows item_input_base + i are item i's own input token (the
+    # items in token-map order); 0 items: histories read as identifiers
+    item_inputs: int = 0
+    item_input_base: int = 0
 
     def __post_init__(self) -> None:
         tokens = [
@@ -85,13 +89,45 @@ class GenerativeRecommender:
             [self.code_token_ids[lvl].numpy()[codes[:, lvl]] for lvl in range(self.levels)], axis=1
         )
 
+    def input_tokens(self, codes: np.ndarray) -> np.ndarray:
+        """How every item reads inside a history: int [n_items, levels]. Its identifier, or
+        with item inputs its leading codes and then its own token in place of the last code."""
+        tokens = self.item_tokens(codes)
+        if self.item_inputs:
+            if len(tokens) != self.item_inputs:
+                raise ValueError(
+                    f"token map has {len(tokens)} items, the model's item inputs "
+                    f"{self.item_inputs} (model.item_inputs: one input token per catalogue item)"
+                )
+            tokens[:, -1] = self.item_input_base + np.arange(self.item_inputs)
+        return tokens
+
+    def prompt_builder(self, codes: np.ndarray, max_text_tokens: int = 48) -> PromptBuilder:
+        """Prompts of every task for the token map `codes`."""
+        return PromptBuilder(
+            self.tokenizer,
+            self.item_tokens(codes),
+            max_text_tokens=max_text_tokens,
+            input_tokens=self.input_tokens(codes) if self.item_inputs else None,
+        )
+
     # construction -------------------------------------------------------------------
     @classmethod
     def create(
-        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int
+        cls,
+        cfg: ModelConfig,
+        codebook_sizes: tuple[int, ...],
+        texts: list[str],
+        seed: int,
+        n_items: int = 0,
     ) -> GenerativeRecommender:
+        """A new model. `n_items`: the catalogue's size, needed by `model.item_inputs`."""
+        if cfg.item_inputs and n_items <= 0:
+            raise ValueError("model.item_inputs needs the catalogue's size (n_items)")
         if cfg.profile == "tiny":
-            rec = cls._create_tiny(cfg, codebook_sizes, texts, seed)
+            rec = cls._create_tiny(
+                cfg, codebook_sizes, texts, seed, n_items if cfg.item_inputs else 0
+            )
         else:
             from components.model.pretrained import create_pretrained
 
@@ -106,16 +142,23 @@ class GenerativeRecommender:
 
     @classmethod
     def _create_tiny(
-        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], texts: list[str], seed: int
+        cls,
+        cfg: ModelConfig,
+        codebook_sizes: tuple[int, ...],
+        texts: list[str],
+        seed: int,
+        item_inputs: int = 0,
     ) -> GenerativeRecommender:
         tokenizer = fit_text_tokenizer(list(texts) + template_texts(), cfg.text_vocab_size)
         tokenizer.add_tokens(
             [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)]
         )
+        # item input tokens are vocabulary rows past the tokenizer's: no text maps to them
+        items = {"item_inputs": item_inputs, "item_input_base": len(tokenizer)}
         if cfg.architecture == "t5":
-            return cls._create_t5(cfg, codebook_sizes, tokenizer, seed)
+            return cls._create_t5(cfg, codebook_sizes, tokenizer, seed, items)
         config = LlamaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=len(tokenizer) + item_inputs,
             hidden_size=cfg.hidden_size,
             intermediate_size=cfg.intermediate_size,
             num_hidden_layers=cfg.num_layers,
@@ -130,17 +173,17 @@ class GenerativeRecommender:
         )
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-        return cls(model, tokenizer, tuple(codebook_sizes), profile="tiny")
+        return cls(model, tokenizer, tuple(codebook_sizes), profile="tiny", **items)
 
     @classmethod
     def _create_t5(
-        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], tokenizer, seed: int
+        cls, cfg: ModelConfig, codebook_sizes: tuple[int, ...], tokenizer, seed: int, items: dict
     ) -> GenerativeRecommender:
         """A T5 (v1.1 layout: gated-GELU feed-forward) of the same width, heads, feed-forward
         size and dropout as the Llama; `num_layers` encoder layers and as many decoder layers.
         The decoder starts from the padding token, as T5 does; embeddings and head are tied."""
         config = T5Config(
-            vocab_size=len(tokenizer),
+            vocab_size=len(tokenizer) + items["item_inputs"],
             d_model=cfg.hidden_size,
             d_kv=cfg.hidden_size // cfg.num_heads,
             d_ff=cfg.intermediate_size,
@@ -155,7 +198,9 @@ class GenerativeRecommender:
         )
         torch.manual_seed(seed)
         model = T5ForConditionalGeneration(config)
-        return cls(model, tokenizer, tuple(codebook_sizes), profile="tiny", architecture="t5")
+        return cls(
+            model, tokenizer, tuple(codebook_sizes), profile="tiny", architecture="t5", **items
+        )
 
     # persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -176,6 +221,8 @@ class GenerativeRecommender:
                 "profile": self.profile,
                 "architecture": self.architecture,
                 "code_softmax": self.code_softmax,
+                "item_inputs": self.item_inputs,
+                "item_input_base": self.item_input_base,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -205,4 +252,6 @@ class GenerativeRecommender:
             profile=meta["profile"],
             architecture=architecture,
             code_softmax=bool(meta.get("code_softmax", False)),  # saved before it: False
+            item_inputs=int(meta.get("item_inputs", 0)),  # saved before them: none
+            item_input_base=int(meta.get("item_input_base", 0)),
         )

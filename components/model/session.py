@@ -16,7 +16,6 @@ import torch
 from components.config import EvaluateConfig, TrainConfig
 from components.data import Dataset
 from components.evaluation import evaluate_ranking, recommend_generative
-from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
 from components.model.regularization import add_residual_dropout
 from components.model.training import (
@@ -75,7 +74,7 @@ class TrainingSession:
     def set_codes(self, codes: np.ndarray) -> None:
         """Switch the token map (SIIT refinement); the model's vocabulary is unchanged."""
         self.codes = np.asarray(codes)
-        self.prompts = PromptBuilder(self.rec.tokenizer, self.rec.item_tokens(self.codes))
+        self.prompts = self.rec.prompt_builder(self.codes)
 
     def _examples(self, epoch: int):
         rng = np.random.default_rng([self.train_cfg.seed, epoch])

@@ -156,7 +156,7 @@ def propose_identifiers(
     if cfg.signal != "text" and contexts is None:
         raise ValueError(f"siit.signal={cfg.signal!r} needs the items' training contexts")
     rec.model.eval()
-    builder = PromptBuilder(rec.tokenizer, rec.item_tokens(current))
+    builder = rec.prompt_builder(current)
     trie = PrefixTrie.unconstrained(rec.codebook_sizes)
     n, levels = current.shape
     free = rec.codebook_sizes[cfg.fixed_levels :]

@@ -17,6 +17,7 @@ from scratch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -79,6 +80,7 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
     if isinstance(theirs.get("model"), dict):  # champions from before t5 existed are llama
         theirs["model"].setdefault("architecture", "llama")
         theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
+        theirs["model"].setdefault("item_inputs", False)  # and read histories as identifiers
     differ = sorted(
         f"{section}.{key}"
         for section in ours
@@ -154,6 +156,9 @@ def load_warm_start(
         codes[new_rows] = new_codes
         if sizes != tuple(rec.codebook_sizes):
             rec = grow_codebooks(rec, sizes)
+    if rec.item_inputs:  # model.item_inputs: the champion's rows, item by item
+        take = np.array([known.get(i, -1) for i in item_ids], dtype=np.int64)
+        rec = carry_item_inputs(rec, item_input_rows(rec), take)
     token_map = TokenMap(
         item_ids=tuple(item_ids),
         codes=codes,
@@ -261,6 +266,32 @@ def assign_new_identifiers(
     return out, tuple(sizes), stats
 
 
+def item_input_rows(rec: GenerativeRecommender) -> torch.Tensor | None:
+    """A copy of the model's item input rows (`model.item_inputs`), or None without them."""
+    if not rec.item_inputs:
+        return None
+    weight = rec.model.get_input_embeddings().weight
+    return weight[rec.item_input_base : rec.item_input_base + rec.item_inputs].detach().clone()
+
+
+def carry_item_inputs(
+    rec: GenerativeRecommender, rows: torch.Tensor, take: np.ndarray
+) -> GenerativeRecommender:
+    """The same model with one item input row per entry of `take`, placed right after the
+    tokenizer's vocabulary (which may have grown): row `take[r]` of `rows`, or for -1 (an item
+    new to the model) the mean of `rows`."""
+    take = np.asarray(take, dtype=np.int64)
+    if len(take) and int(take.max()) >= len(rows):
+        raise ValueError(f"item input row {int(take.max())} of {len(rows)}")
+    base, n = len(rec.tokenizer), len(take)
+    old = torch.as_tensor(take, device=rows.device)
+    new = torch.where(old[:, None] >= 0, rows[old.clamp(min=0)], rows.mean(0, keepdim=True))
+    rec.model.resize_token_embeddings(base + n, mean_resizing=False)
+    with torch.no_grad():
+        rec.model.get_input_embeddings().weight[base:] = new
+    return dataclasses.replace(rec, item_inputs=n, item_input_base=base)
+
+
 def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> GenerativeRecommender:
     """The same model with the code tokens of `sizes` that it lacks; each new embedding row
     starts as the mean of its level's rows (the output head is tied in the tiny profile, llama
@@ -278,6 +309,7 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
         for lvl, (o, n) in enumerate(zip(old, sizes, strict=True))
         for c in range(o, n)
     ]
+    rows = item_input_rows(rec)  # past the tokenizer's vocabulary: moved past the new codes
     rec.tokenizer.add_tokens(tokens)
     embeddings = rec.model.get_input_embeddings().weight
     means = [embeddings[rec.code_token_ids[lvl]].detach().mean(0) for lvl in range(len(old))]
@@ -287,7 +319,7 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
         for lvl, (o, n) in enumerate(zip(old, sizes, strict=True)):
             for c in range(o, n):
                 weight[rec.tokenizer.convert_tokens_to_ids(code_token(lvl, c))] = means[lvl]
-    return GenerativeRecommender(
+    grown = GenerativeRecommender(
         rec.model,
         rec.tokenizer,
         tuple(sizes),
@@ -295,3 +327,4 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
         architecture=rec.architecture,
         code_softmax=rec.code_softmax,
     )
+    return grown if rows is None else carry_item_inputs(grown, rows, np.arange(len(rows)))

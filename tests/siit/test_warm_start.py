@@ -60,7 +60,9 @@ def make_champion(root: Path, params: Params, n_items: int = 20) -> Path:
     token_map, encoder = fit_token_map(
         "random", params.tokenize, item_ids=ids, texts=_texts(ids), train_sequences=[]
     )
-    rec = GenerativeRecommender.create(params.model, token_map.codebook_sizes, _texts(ids), seed=0)
+    rec = GenerativeRecommender.create(
+        params.model, token_map.codebook_sizes, _texts(ids), seed=0, n_items=n_items
+    )
     rec.save(root / MODEL_DIR)
     token_map.save(root / TOKEN_MAP_FILE)
     encoder.save(root / ITEM_ENCODER_DIR)
@@ -171,7 +173,44 @@ def test_growing_the_codebooks_adds_rows_and_keeps_the_old_ones() -> None:
     assert out.logits.shape[-1] == weight.shape[0]
 
 
+def test_growing_the_codebooks_keeps_each_items_input_row() -> None:
+    cfg = ModelConfig(**TINY_MODEL, item_inputs=True)
+    rec = GenerativeRecommender.create(cfg, (2, 2), ["a b", "c d", "e f"], seed=0, n_items=3)
+    rows = rec.model.get_input_embeddings().weight[rec.item_input_base :].detach().clone()
+    grown = grow_codebooks(rec, (2, 4))
+    weight = grown.model.get_input_embeddings().weight
+    assert grown.item_input_base == len(grown.tokenizer) == rec.item_input_base + 2
+    assert weight.shape[0] == grown.item_input_base + 3
+    torch.testing.assert_close(weight[grown.item_input_base :], rows)
+    assert grown.input_tokens(np.array([[0, 3], [1, 2], [1, 0]]))[:, -1].tolist() == [
+        grown.item_input_base + i for i in range(3)
+    ]
+
+
 # loading a champion -------------------------------------------------------------------------
+
+
+def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    params = _params(model={"item_inputs": True})
+    champion = make_champion(tmp_path / "champion", params)
+    old_rec = GenerativeRecommender.load(champion / MODEL_DIR, device=torch.device("cpu"))
+    old_ids = list(TokenMap.load(champion / TOKEN_MAP_FILE).item_ids)
+    old_rows = old_rec.model.get_input_embeddings().weight[old_rec.item_input_base :].detach()
+    ids = sorted([str(i) for i in range(2, 26)], key=int)  # 0, 1 dropped; 20..25 new
+    warm = load_warm_start(champion, params, ids, _texts(ids), _no_embeddings)
+    rec = warm.rec
+    assert rec.item_inputs == len(ids)
+    rows = rec.model.get_input_embeddings().weight[rec.item_input_base :].detach()
+    assert rows.shape[0] == len(ids)
+    for r, item in enumerate(ids):
+        want = old_rows[old_ids.index(item)] if item in old_ids else old_rows.mean(0)
+        torch.testing.assert_close(rows[r], want)
+    prompt = rec.prompt_builder(warm.token_map.codes).seqrec_prompt(np.arange(len(ids)))
+    assert rec.model(input_ids=torch.tensor([prompt])).logits.shape[1] == len(prompt)
+    # a champion without item inputs does not fit a run with them, and the reason says so
+    plain = make_champion(tmp_path / "plain", _params())
+    assert "model.item_inputs" in incompatibility(plain, params, ids)
 
 
 @pytest.mark.parametrize("new_items", ["tokenizer", "model"])

@@ -1,0 +1,134 @@
+"""`model.item_inputs`: a history item reads as its leading codes and a token of its own, the
+model still generates identifiers; what refinement changes is only what the model generates
+and the leading codes, never an item's own token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from components.config import ModelConfig
+from components.model.decoding import PrefixTrie, constrained_beam_search
+from components.model.prompts import IGNORE
+from components.model.recommender import GenerativeRecommender
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "text_vocab_size": 200,
+}
+SIZES = (4, 4, 4)
+N_ITEMS = 12
+
+
+def _codes(seed: int = 0) -> np.ndarray:
+    flat = np.random.default_rng(seed).choice(4**3, N_ITEMS, replace=False)
+    return np.stack([flat // 16, (flat // 4) % 4, flat % 4], axis=1)
+
+
+def _rec(item_inputs: bool = True, arch: str = "llama") -> GenerativeRecommender:
+    cfg = ModelConfig(**TINY, item_inputs=item_inputs, architecture=arch)
+    texts = [f"item {i} words" for i in range(N_ITEMS)]
+    return GenerativeRecommender.create(cfg, SIZES, texts, seed=0, n_items=N_ITEMS)
+
+
+def test_every_item_gets_its_own_input_row_past_the_tokenizer() -> None:
+    rec, plain = _rec(), _rec(item_inputs=False)
+    n_vocab = len(rec.tokenizer)
+    assert rec.item_inputs == N_ITEMS and rec.item_input_base == n_vocab
+    assert rec.model.get_input_embeddings().weight.shape[0] == n_vocab + N_ITEMS
+    assert plain.item_inputs == 0
+    assert plain.model.get_input_embeddings().weight.shape[0] == n_vocab
+    codes = _codes()
+    inputs, ids = rec.input_tokens(codes), rec.item_tokens(codes)
+    np.testing.assert_array_equal(inputs[:, :-1], ids[:, :-1])  # the leading codes
+    np.testing.assert_array_equal(inputs[:, -1], n_vocab + np.arange(N_ITEMS))
+    np.testing.assert_array_equal(plain.input_tokens(codes), plain.item_tokens(codes))
+    with pytest.raises(ValueError, match="12"):
+        rec.input_tokens(codes[:5])
+
+
+def test_a_window_reads_item_tokens_and_is_taught_identifiers() -> None:
+    rec, codes = _rec(), _codes()
+    prompts = rec.prompt_builder(codes)
+    window = np.array([3, 7, 1, 5])
+    ex = prompts.seqrec_window(window, min_history=1)
+    n_prefix = len(ex.input_ids) - 3 * len(window)
+    body = np.array(ex.input_ids[n_prefix:]).reshape(len(window), 3)
+    np.testing.assert_array_equal(body, rec.input_tokens(codes)[window])
+    labels = np.array(ex.labels[n_prefix:]).reshape(len(window), 3)
+    assert (labels[0] == IGNORE).all()
+    np.testing.assert_array_equal(labels[1:], rec.item_tokens(codes)[window[1:]])
+    assert (np.array(ex.labels[:n_prefix]) == IGNORE).all()
+    # the item's own token is never a target: it is the input in place of the last code
+    assert not np.isin(labels, rec.item_input_base + np.arange(N_ITEMS)).any()
+
+
+def test_a_new_map_changes_the_codes_of_a_history_not_its_item_tokens() -> None:
+    rec = _rec()
+    old, new = _codes(0), _codes(1)
+    history = np.array([2, 9, 4])
+    a = np.array(rec.prompt_builder(old).seqrec_prompt(history))
+    b = np.array(rec.prompt_builder(new).seqrec_prompt(history))
+    own = rec.item_input_base + history
+    np.testing.assert_array_equal(a[-9:].reshape(3, 3)[:, -1], own)
+    np.testing.assert_array_equal(b[-9:].reshape(3, 3)[:, -1], own)
+    assert (a != b).any()  # the leading codes did move
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_decoding_ranks_every_item_exactly_after_item_token_prompts(arch: str) -> None:
+    """A wide beam is exact: its top-k is the brute-force ranking of every identifier after a
+    prompt holding item tokens (the shared-prompt path reads the item rows as any token)."""
+    rec, codes = _rec(arch=arch), _codes()
+    rec.model.eval()
+    prompt = rec.prompt_builder(codes).seqrec_prompt(np.array([0, 5, 11]))
+    trie = PrefixTrie.from_codes(codes, SIZES)
+    res = constrained_beam_search(
+        rec.model, [prompt], rec.code_token_ids, trie, beam_size=N_ITEMS, top_k=5
+    )
+    ids = torch.as_tensor(rec.item_tokens(codes))
+    scores = []
+    with torch.no_grad():
+        for row in ids:
+            if arch == "t5":
+                start = torch.tensor([[rec.model.config.decoder_start_token_id]])
+                logits = rec.model(
+                    input_ids=torch.tensor([prompt]),
+                    decoder_input_ids=torch.cat([start, row[None, :-1]], 1),
+                ).logits[0]
+            else:
+                seq = torch.cat([torch.tensor(prompt), row])[None]
+                logits = rec.model(input_ids=seq).logits[0, len(prompt) - 1 : len(prompt) + 2]
+            scores.append(
+                float(torch.log_softmax(logits.float(), -1).gather(1, row[:, None]).sum())
+            )
+    expected = np.argsort(-np.array(scores), kind="stable")[:5]
+    assert res.leaves[0].tolist() == expected.tolist()
+    np.testing.assert_allclose(res.scores[0].numpy(), np.array(scores)[expected], atol=1e-4)
+
+
+def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
+    rec, codes = _rec(), _codes()
+    rec.save(tmp_path / "model")
+    back = GenerativeRecommender.load(tmp_path / "model", device=torch.device("cpu"))
+    assert (back.item_inputs, back.item_input_base) == (rec.item_inputs, rec.item_input_base)
+    np.testing.assert_array_equal(back.input_tokens(codes), rec.input_tokens(codes))
+    torch.testing.assert_close(
+        back.model.get_input_embeddings().weight, rec.model.get_input_embeddings().weight
+    )
+
+
+def test_item_inputs_need_the_catalogue_and_the_tiny_profile() -> None:
+    with pytest.raises(ValueError, match="n_items"):
+        GenerativeRecommender.create(ModelConfig(**TINY, item_inputs=True), SIZES, ["a"], seed=0)
+    with pytest.raises(ValidationError, match="model.item_inputs"):
+        ModelConfig(profile="pretrained", item_inputs=True)
