@@ -28,9 +28,14 @@ def make_bundle(root: Path, seed: int = 0, n_items: int = N_ITEMS) -> Path:
     item_ids = [str(i + 1) for i in range(n_items)]
     texts = [f"item {i} about topic {int(i) % 5} words" for i in item_ids]
     cfg = ModelConfig(
-        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, text_vocab_size=200
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        text_vocab_size=200,
+        item_inputs=True,  # as params.yaml trains them
     )
-    rec = GenerativeRecommender.create(cfg, sizes, texts, seed=seed)
+    rec = GenerativeRecommender.create(cfg, sizes, texts, seed=seed, n_items=n_items)
     rec.save(root / MODEL_DIR)
     TokenMap(item_ids=tuple(item_ids), codes=codes, codebook_sizes=sizes).save(
         root / TOKEN_MAP_FILE
