@@ -52,11 +52,12 @@ def random_codes(n_items: int, codebook: int, seed: int) -> np.ndarray:
 
 
 def build_model(
-    cfg: ModelConfig, codebook: int, device: torch.device, seed: int
+    cfg: ModelConfig, codebook: int, device: torch.device, seed: int, n_items: int
 ) -> GenerativeRecommender:
-    """The pipeline's tiny Llama with a sharpened, untied output head."""
+    """The pipeline's tiny Llama (with params.yaml's item inputs, one row per catalogue item)
+    with a sharpened, untied output head."""
     texts = [f"item {i} title text" for i in range(100)]
-    rec = GenerativeRecommender.create(cfg, (codebook,) * LEVELS, texts, seed=seed)
+    rec = GenerativeRecommender.create(cfg, (codebook,) * LEVELS, texts, seed=seed, n_items=n_items)
     model = rec.model
     model.config.tie_word_embeddings = False
     weight = model.get_input_embeddings().weight.detach().clone() * SHARPEN
@@ -165,7 +166,7 @@ def generate_decoder(rec: GenerativeRecommender, codes: np.ndarray, beam: int, t
 def bench_catalogue(
     args: argparse.Namespace, cfg: ModelConfig, n_items: int, device: torch.device
 ) -> dict:
-    rec = build_model(cfg, args.codebook, device, args.seed)
+    rec = build_model(cfg, args.codebook, device, args.seed, n_items)
     codes = random_codes(n_items, args.codebook, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     prompts_of = rec.prompt_builder(codes)

@@ -50,7 +50,7 @@ def build(root: Path, n_items: int, seed: int):
     words = [f"w{i}" for i in range(3000)]
     texts = [" ".join(rng.choice(words, rng.integers(4, 9))) for _ in range(n_items)]
     sizes = (256, 256, 256)
-    rec = GenerativeRecommender.create(params.model, sizes, texts, seed=seed)
+    rec = GenerativeRecommender.create(params.model, sizes, texts, seed=seed, n_items=n_items)
     flat = rng.choice(256**3, n_items, replace=False)
     codes = np.stack([flat // 65536, flat // 256 % 256, flat % 256], axis=1).astype(np.int64)
     per_item = getattr(params.siit, "contexts_per_item", 4)

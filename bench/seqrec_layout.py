@@ -63,7 +63,9 @@ def epoch(params, dataset, codes, sizes, layout) -> tuple[float, dict]:
         }
     )
     model = params.model.model_copy(update={"code_softmax": code_softmax})
-    rec = GenerativeRecommender.create(model, sizes, dataset.item_texts(), seed=0)
+    rec = GenerativeRecommender.create(
+        model, sizes, dataset.item_texts(), seed=0, n_items=dataset.n_items
+    )
     session = TrainingSession(rec, dataset, codes, train, params.evaluate, 1)
     start = time.perf_counter()
     stats = session.train_epoch()

@@ -122,8 +122,8 @@ class ModelConfig(Strict):
         "model (text targets, train.tasks.id2item, need it off)",
     )
     item_inputs: bool = Field(
-        False,
-        description="tiny profile: every history item is read as its identifier's leading "
+        True,
+        description="tiny profile (the pretrained one reads histories as identifiers): every history item is read as its identifier's leading "
         "codes followed by a token of its own (one learned embedding per item, as SASRec's), "
         "in place of its last code; what the model generates is still the identifier. A "
         "history then reads the same whatever identifiers refinement gives its items; saved "
@@ -135,16 +135,6 @@ class ModelConfig(Strict):
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _item_inputs_are_tiny(self) -> ModelConfig:
-        if self.item_inputs and self.profile != "tiny":
-            raise ValueError(
-                "model.item_inputs adds a learned input row per item to a model trained from "
-                "scratch (the tiny profile); the pretrained profile reads histories as "
-                "identifiers: set model.item_inputs to false with model.profile pretrained"
             )
         return self
 
@@ -232,7 +222,7 @@ class TrainConfig(Strict):
         "give); 0 = always data.max_history",
     )
     hold_out_last: bool = Field(
-        False,
+        True,
         description="each user's last training item is not trained on (no target, no "
         "context): it stays the newest item of validation's history, which the model then "
         "never saw in that user's context, as test's newest item is (bench/split_distance.py)",

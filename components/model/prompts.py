@@ -50,6 +50,7 @@ class PromptBuilder:
         item_tokens: np.ndarray,
         max_text_tokens: int = 48,
         input_tokens: np.ndarray | None = None,
+        histories: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.item_tokens = np.asarray(item_tokens, dtype=np.int64)
@@ -62,6 +63,8 @@ class PromptBuilder:
                 "must have one row per item and one column per level"
             )
         self.max_text_tokens = max_text_tokens
+        # False: a builder for the text tasks only (its rows need not be the catalogue's items)
+        self.histories = histories
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos = tokenizer.eos_token_id
         self._seqrec_prefix = self.bos + self._encode(SEQREC_PREFIX)
@@ -78,6 +81,7 @@ class PromptBuilder:
     # seqrec -------------------------------------------------------------------------
     def seqrec_prompt(self, history: np.ndarray) -> list[int]:
         """Prompt whose continuation is the next item's identifier."""
+        self._check_histories()
         return self._seqrec_prefix + self.input_tokens[np.asarray(history)].reshape(-1).tolist()
 
     def seqrec_window(self, window: np.ndarray, min_history: int = 1, band: int = 0) -> Example:
@@ -87,6 +91,7 @@ class PromptBuilder:
         forward pass trains len(window) - min_history next-item predictions. `band` > 0: each
         target attends to at most that many items before it (a window longer than a history).
         """
+        self._check_histories()
         window = np.asarray(window)
         ids = self.item_tokens[window]
         n_prefix = len(self._seqrec_prefix)
@@ -95,6 +100,13 @@ class PromptBuilder:
             -1
         ).tolist()
         return Example(input_ids, labels, (n_prefix, ids.shape[1], band) if band else None)
+
+    def _check_histories(self) -> None:
+        if not self.histories:
+            raise ValueError(
+                "this prompt builder is for the text tasks only (its rows are not the "
+                "catalogue's items): histories need GenerativeRecommender.prompt_builder(codes)"
+            )
 
     # item2id ------------------------------------------------------------------------
     def item2id_prompt(self, text: str) -> list[int]:

@@ -102,13 +102,18 @@ class GenerativeRecommender:
             tokens[:, -1] = self.item_input_base + np.arange(self.item_inputs)
         return tokens
 
-    def prompt_builder(self, codes: np.ndarray, max_text_tokens: int = 48) -> PromptBuilder:
-        """Prompts of every task for the token map `codes`."""
+    def prompt_builder(
+        self, codes: np.ndarray, max_text_tokens: int = 48, histories: bool = True
+    ) -> PromptBuilder:
+        """Prompts of every task for the token map `codes` (the catalogue's items). With
+        `histories=False` prompts of the text tasks only, for any identifiers `codes` (e.g. a
+        few new items' placeholders): such a builder refuses to write a history."""
         return PromptBuilder(
             self.tokenizer,
             self.item_tokens(codes),
             max_text_tokens=max_text_tokens,
-            input_tokens=self.input_tokens(codes) if self.item_inputs else None,
+            input_tokens=self.input_tokens(codes) if self.item_inputs and histories else None,
+            histories=histories,
         )
 
     # construction -------------------------------------------------------------------
@@ -119,12 +124,15 @@ class GenerativeRecommender:
         codebook_sizes: tuple[int, ...],
         texts: list[str],
         seed: int,
-        n_items: int = 0,
+        n_items: int | None = None,
     ) -> GenerativeRecommender:
-        """A new model. `n_items`: the catalogue's size, needed by `model.item_inputs`."""
-        if cfg.item_inputs and n_items <= 0:
-            raise ValueError("model.item_inputs needs the catalogue's size (n_items)")
+        """A new model whose text tokenizer is fitted on `texts`. `n_items`: the catalogue's
+        size, for `model.item_inputs` (tiny profile; the pretrained profile reads histories as
+        identifiers); None: one item per text."""
+        n_items = len(texts) if n_items is None else n_items
         if cfg.profile == "tiny":
+            if cfg.item_inputs and n_items <= 0:
+                raise ValueError("model.item_inputs needs at least one catalogue item (n_items)")
             rec = cls._create_tiny(
                 cfg, codebook_sizes, texts, seed, n_items if cfg.item_inputs else 0
             )

@@ -156,7 +156,9 @@ def propose_identifiers(
     if cfg.signal != "text" and contexts is None:
         raise ValueError(f"siit.signal={cfg.signal!r} needs the items' training contexts")
     rec.model.eval()
-    builder = rec.prompt_builder(current)
+    # the text signal reads no history: `current` may then be any items' identifiers (a champion
+    # start proposes for its new items only)
+    builder = rec.prompt_builder(current, histories=cfg.signal != "text")
     trie = PrefixTrie.unconstrained(rec.codebook_sizes)
     n, levels = current.shape
     free = rec.codebook_sizes[cfg.fixed_levels :]

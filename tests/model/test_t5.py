@@ -14,7 +14,7 @@ from transformers import T5ForConditionalGeneration
 
 from components.config import ConfigError, ModelConfig, SiitConfig, TrainConfig, load_params
 from components.model.decoding import PrefixTrie, constrained_beam_search, sequence_log_probs
-from components.model.prompts import IGNORE, Example, PromptBuilder
+from components.model.prompts import IGNORE, Example
 from components.model.recommender import META_FILE, GenerativeRecommender
 from components.model.training import (
     Trainer,
@@ -76,13 +76,16 @@ def t5_recommender(seed: int = 0) -> tuple[GenerativeRecommender, np.ndarray, li
 
 def test_seqrec_examples_have_one_target_each_with_at_most_max_history_items() -> None:
     rec, codes, _ = t5_recommender()
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     seq = np.arange(7)
     examples = seqrec_examples(prompts, [seq], max_history=3, one_per_target=True)
     assert len(examples) == 6  # every item after the first, once
     for t, example in enumerate(examples, start=1):
         history = seq[max(0, t - 3) : t]
-        assert example.input_ids == prompts.seqrec_prompt(history) + prompts.identifier(t)
+        # the target's tokens as a history reads them (item inputs: its own token last); what
+        # the decoder is taught is the labels, the identifier
+        own = prompts.input_tokens[t].tolist()
+        assert example.input_ids == prompts.seqrec_prompt(history) + own
         assert example.labels == [IGNORE] * len(prompts.seqrec_prompt(history)) + (
             prompts.identifier(t)
         )
@@ -92,7 +95,7 @@ def test_seqrec_examples_have_one_target_each_with_at_most_max_history_items() -
     for row, example in enumerate(examples):
         n = len(example.input_ids) - LEVELS
         assert enc[row, :n].tolist() == example.input_ids[:n] and mask[row].sum() == n
-        assert targets[row].tolist() == example.input_ids[n:]
+        assert targets[row].tolist() == example.labels[n:] == prompts.identifier(row + 1)
     gap = Example([1, 2, 3, 4, 5], [IGNORE, 2, IGNORE, 4, 5])  # two responses: not a t5 example
     with pytest.raises(ValueError, match="one prompt followed by one response"):
         seq2seq_split(collate([gap], PAD).input_ids, collate([gap], PAD).labels, PAD)
@@ -101,7 +104,7 @@ def test_seqrec_examples_have_one_target_each_with_at_most_max_history_items() -
 def test_t5_trains_its_loss_falls_and_it_recommends_what_it_learned() -> None:
     torch.manual_seed(0)
     rec, codes, texts = t5_recommender()
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     # every user walks the catalogue in order: the next item is always the previous one + 1
     sequences = [np.arange(s, s + 6) % N_ITEMS for s in range(N_ITEMS)]
     cfg = TrainConfig(lr=1e-2, batch_size=16, warmup_ratio=0.1)
@@ -176,7 +179,7 @@ def test_save_and_load_restore_the_architecture_and_the_logits(tmp_path) -> None
     assert loaded.architecture == "t5" and loaded.is_encoder_decoder
     assert isinstance(loaded.model, T5ForConditionalGeneration)
     assert loaded.codebook_sizes == rec.codebook_sizes
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     batch = collate(seqrec_examples(prompts, [np.arange(5)], 3, one_per_target=True), PAD)
     enc, mask, targets = seq2seq_split(batch.input_ids, batch.labels, PAD)
     decoder = targets.clamp(min=0)
@@ -226,11 +229,14 @@ def test_a_t5_champion_grows_its_codebooks() -> None:
     assert grown.architecture == "t5"
     weight = grown.model.get_input_embeddings().weight
     assert weight.shape[0] == before.shape[0] + 1
-    torch.testing.assert_close(weight[: before.shape[0]], before)
+    base = rec.item_input_base  # the tokenizer's rows; the item input rows follow the new code
+    torch.testing.assert_close(weight[:base], before[:base])
+    torch.testing.assert_close(weight[grown.item_input_base :], before[base:])
     new_token = int(grown.code_token_ids[2][4])
     torch.testing.assert_close(weight[new_token], before[rec.code_token_ids[2]].mean(0))
-    prompts = PromptBuilder(grown.tokenizer, grown.item_tokens(np.array([[0, 0, 4], [1, 1, 1]])))
-    trie = PrefixTrie.from_codes(np.array([[0, 0, 4], [1, 1, 1]]), grown.codebook_sizes)
+    two = np.array([[0, 0, 4], [1, 1, 1]])
+    prompts = grown.prompt_builder(np.concatenate([two, codes[2:]]))  # items 0 and 1 moved
+    trie = PrefixTrie.from_codes(two, grown.codebook_sizes)
     res = constrained_beam_search(
         grown.model.eval(),
         [prompts.seqrec_prompt(np.array([1]))],
@@ -252,7 +258,7 @@ def test_refinement_proposes_well_formed_identifiers_from_text_and_contexts() ->
     assert cand.codes.shape == (N_ITEMS, 3, 3) and np.isfinite(cand.scores).all()
     assert (cand.codes >= 0).all() and (cand.codes < 4).all()
     # the current identifier's score: the same weighted mean, scored exactly
-    prompts = PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     item = 5
     text = sequence_log_probs(
         rec.model, [prompts.item2id_prompt(texts[item])], torch.tensor([prompts.identifier(item)])

@@ -194,7 +194,7 @@ def test_train_precision_param_reaches_the_trainer(
     model_cfg = params.model.model_copy(
         update={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
     )
-    rec = GenerativeRecommender.create(model_cfg, (2, 2), ["item a", "item b"], seed=0)
+    rec = GenerativeRecommender.create(model_cfg, (2, 2), ["item a", "item b"], seed=0, n_items=4)
     codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
     for start in ("scratch", "champion"):
         train_cfg, _ = training_config(params, {"start": start})
@@ -341,7 +341,7 @@ def test_hold_out_last_trains_without_each_users_last_training_item() -> None:
     """train.hold_out_last: every user's last training item is neither a target nor context;
     evaluation's histories keep it (the validation split is the dataset's, unchanged)."""
     codes = np.array([[i // 4, i % 4] for i in range(10)])
-    kept, held = _session(codes), _session(codes, hold_out_last=True)
+    kept, held = _session(codes, hold_out_last=False), _session(codes, hold_out_last=True)
     train = held.dataset.train_sequences()
     assert [s.tolist() for s in kept.train_sequences] == [s.tolist() for s in train]
     assert [s.tolist() for s in held.train_sequences] == [s[:-1].tolist() for s in train]
@@ -642,7 +642,7 @@ def test_per_level_softmax_is_saved_with_the_model(tmp_path, architecture: str) 
     levels = code_levels(rec.model)
     assert rec.code_softmax and [len(ids) for ids in levels.ids] == [4, 3]
     codes = np.array([[i % 4, i % 3] for i in range(6)])
-    prompts = training.PromptBuilder(rec.tokenizer, rec.item_tokens(codes))
+    prompts = rec.prompt_builder(codes)
     rows = [prompts.item2id(t, i) for i, t in enumerate(texts)]
     loss = response_loss(rec.model, collate(rows, rec.tokenizer.pad_token_id or 0))
     assert 0 < float(loss) < np.log(4) + 1  # a softmax over a handful of codes, not ~1,000

@@ -159,7 +159,7 @@ def test_a_full_prefix_grows_the_last_level() -> None:
 
 
 def test_growing_the_codebooks_adds_rows_and_keeps_the_old_ones() -> None:
-    cfg = ModelConfig(**TINY_MODEL)
+    cfg = ModelConfig(**TINY_MODEL, item_inputs=False)  # with them: the test below
     rec = GenerativeRecommender.create(cfg, (2, 2), ["a b", "c d"], seed=0)
     before = rec.model.get_input_embeddings().weight.detach().clone()
     grown = grow_codebooks(rec, (2, 3))
@@ -209,7 +209,7 @@ def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Pat
     prompt = rec.prompt_builder(warm.token_map.codes).seqrec_prompt(np.arange(len(ids)))
     assert rec.model(input_ids=torch.tensor([prompt])).logits.shape[1] == len(prompt)
     # a champion without item inputs does not fit a run with them, and the reason says so
-    plain = make_champion(tmp_path / "plain", _params())
+    plain = make_champion(tmp_path / "plain", _params(model={"item_inputs": False}))
     assert "model.item_inputs" in incompatibility(plain, params, ids)
 
 
