@@ -123,11 +123,11 @@ class ModelConfig(Strict):
     )
     item_inputs: bool = Field(
         True,
-        description="tiny profile (the pretrained one reads histories as identifiers): every history item is read as its identifier's leading "
-        "codes followed by a token of its own (one learned embedding per item, as SASRec's), "
-        "in place of its last code; what the model generates is still the identifier. A "
-        "history then reads the same whatever identifiers refinement gives its items; saved "
-        "with the model",
+        description="tiny profile (the pretrained one reads histories as identifiers): every "
+        "history item reads as its identifier's leading codes followed by a token of its own "
+        "(one learned embedding per item, as SASRec's), in place of its last code; what the "
+        "model generates is still the identifier. A history then reads the same whatever "
+        "identifiers refinement gives its items; saved with the model",
     )
 
     @model_validator(mode="after")

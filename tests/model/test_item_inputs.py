@@ -81,6 +81,11 @@ def test_a_new_map_changes_the_codes_of_a_history_not_its_item_tokens() -> None:
     np.testing.assert_array_equal(a[-9:].reshape(3, 3)[:, -1], own)
     np.testing.assert_array_equal(b[-9:].reshape(3, 3)[:, -1], own)
     assert (a != b).any()  # the leading codes did move
+    # a builder for the text tasks only (e.g. a few new items' placeholder identifiers) has
+    # no item tokens to read a history with, and says so instead of writing identifiers
+    text_only = rec.prompt_builder(old[:3], histories=False)
+    with pytest.raises(ValueError, match="text tasks only"):
+        text_only.seqrec_prompt(history)
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
