@@ -92,7 +92,10 @@ class GenerativeRecommender:
     def input_tokens(self, codes: np.ndarray) -> np.ndarray:
         """How every item reads inside a history: int [n_items, levels]. Its identifier, or
         with item inputs its leading codes and then its own token in place of the last code."""
-        tokens = self.item_tokens(codes)
+        return self._read_as_inputs(self.item_tokens(codes))
+
+    def _read_as_inputs(self, tokens: np.ndarray) -> np.ndarray:
+        """Identifier tokens [n_items, levels] -> input tokens, in place (item inputs: own token last)."""
         if self.item_inputs:
             if len(tokens) != self.item_inputs:
                 raise ValueError(
@@ -108,11 +111,14 @@ class GenerativeRecommender:
         """Prompts of every task for the token map `codes` (the catalogue's items). With
         `histories=False` prompts of the text tasks only, for any identifiers `codes` (e.g. a
         few new items' placeholders): such a builder refuses to write a history."""
+        ids = self.item_tokens(codes)
         return PromptBuilder(
             self.tokenizer,
-            self.item_tokens(codes),
+            ids,
             max_text_tokens=max_text_tokens,
-            input_tokens=self.input_tokens(codes) if self.item_inputs and histories else None,
+            input_tokens=self._read_as_inputs(ids.copy())
+            if self.item_inputs and histories
+            else None,
             histories=histories,
         )
 

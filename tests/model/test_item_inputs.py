@@ -14,16 +14,11 @@ from components.config import ModelConfig
 from components.model.decoding import PrefixTrie, constrained_beam_search
 from components.model.prompts import IGNORE
 from components.model.recommender import GenerativeRecommender
+from tests.siit.test_warm_start import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = {
-    "hidden_size": 32,
-    "num_layers": 1,
-    "num_heads": 2,
-    "intermediate_size": 64,
-    "text_vocab_size": 200,
-}
+TINY = TINY_MODEL
 SIZES = (4, 4, 4)
 N_ITEMS = 12
 
