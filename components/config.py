@@ -129,6 +129,13 @@ class ModelConfig(Strict):
         "model generates is still the identifier. A history then reads the same whatever "
         "identifiers refinement gives its items; saved with the model",
     )
+    item_inputs_in_head: bool = Field(
+        False,
+        description="with item_inputs: the output softmax (training loss and decoding) also "
+        "covers the item rows, which are never targets, as every model saved before they were "
+        "left out of it did (kept to compare); false: logits stop at the tokenizer's "
+        "vocabulary, so the head does not grow with the catalogue; saved with the model",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:

@@ -26,6 +26,7 @@ from transformers import (
 from components.config import ModelConfig
 from components.io import atomic_dir
 from components.model.decoding import CodeLevels, is_encoder_decoder
+from components.model.head import set_output_size
 from components.model.prompts import PromptBuilder, template_texts
 from components.model.text_tokenizer import fit_text_tokenizer
 from components.tokenizers import code_token
@@ -50,6 +51,9 @@ class GenerativeRecommender:
     # items in token-map order); 0 items: histories read as identifiers
     item_inputs: int = 0
     item_input_base: int = 0
+    # model.item_inputs_in_head: the output softmax also covers the item rows (models saved
+    # before they were left out of it); else logits stop at item_input_base (`head.OutputHead`)
+    item_inputs_in_head: bool = False
 
     def __post_init__(self) -> None:
         tokens = [
@@ -67,6 +71,9 @@ class GenerativeRecommender:
             vocab = self.model.get_output_embeddings().weight.shape[0]
             levels = CodeLevels.build(self.code_token_ids, vocab)
         self.model.siit_code_levels = levels
+        if self.profile == "tiny":  # the pretrained profile has no item rows: its head as is
+            cut = self.item_inputs and not self.item_inputs_in_head
+            set_output_size(self.model, self.item_input_base if cut else None)
 
     @property
     def levels(self) -> int:
@@ -168,7 +175,11 @@ class GenerativeRecommender:
             [code_token(lvl, c) for lvl, k in enumerate(codebook_sizes) for c in range(k)]
         )
         # item input tokens are vocabulary rows past the tokenizer's: no text maps to them
-        items = {"item_inputs": item_inputs, "item_input_base": len(tokenizer)}
+        items = {
+            "item_inputs": item_inputs,
+            "item_input_base": len(tokenizer),
+            "item_inputs_in_head": cfg.item_inputs_in_head,
+        }
         if cfg.architecture == "t5":
             return cls._create_t5(cfg, codebook_sizes, tokenizer, seed, items)
         config = LlamaConfig(
@@ -237,6 +248,7 @@ class GenerativeRecommender:
                 "code_softmax": self.code_softmax,
                 "item_inputs": self.item_inputs,
                 "item_input_base": self.item_input_base,
+                "item_inputs_in_head": self.item_inputs_in_head,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -268,4 +280,6 @@ class GenerativeRecommender:
             code_softmax=bool(meta.get("code_softmax", False)),  # saved before it: False
             item_inputs=int(meta.get("item_inputs", 0)),  # saved before them: none
             item_input_base=int(meta.get("item_input_base", 0)),
+            # saved before item rows left the head: it covers them
+            item_inputs_in_head=bool(meta.get("item_inputs_in_head", True)),
         )

@@ -44,6 +44,7 @@ from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
 from components.model.decoding import CodeLevels, code_levels, is_encoder_decoder
+from components.model.head import output_weight
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.progress import progress
 
@@ -612,7 +613,7 @@ def _llama_response_logits(
     if levels is not None:
         logits, targets = _level_head(x, model.lm_head.weight, targets, selected, levels)
         return logits, targets, selected
-    return F.linear(x, model.lm_head.weight), targets, selected
+    return F.linear(x, output_weight(model)), targets, selected
 
 
 def cpu_bf16_native() -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from components.config import Params
+from components.model.head import resize_vocabulary
 from components.model.recommender import GenerativeRecommender
 from components.paths import ITEM_ENCODER_DIR, MODEL_DIR, RECORD_FILE, TOKEN_MAP_FILE
 from components.tokenizers import TokenMap, code_token, token_map_stats
@@ -81,6 +82,8 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
         theirs["model"].setdefault("architecture", "llama")
         theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
         theirs["model"].setdefault("item_inputs", False)  # and read histories as identifiers
+        # and, with item inputs, had the item rows in the output softmax
+        theirs["model"].setdefault("item_inputs_in_head", theirs["model"]["item_inputs"])
     differ = sorted(
         f"{section}.{key}"
         for section in ours
@@ -286,7 +289,7 @@ def carry_item_inputs(
     base, n = len(rec.tokenizer), len(take)
     old = torch.as_tensor(take, device=rows.device)
     new = torch.where(old[:, None] >= 0, rows[old.clamp(min=0)], rows.mean(0, keepdim=True))
-    rec.model.resize_token_embeddings(base + n, mean_resizing=False)
+    resize_vocabulary(rec.model, base + n)
     with torch.no_grad():
         rec.model.get_input_embeddings().weight[base:] = new
     return dataclasses.replace(rec, item_inputs=n, item_input_base=base)
@@ -313,7 +316,7 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
     rec.tokenizer.add_tokens(tokens)
     embeddings = rec.model.get_input_embeddings().weight
     means = [embeddings[rec.code_token_ids[lvl]].detach().mean(0) for lvl in range(len(old))]
-    rec.model.resize_token_embeddings(len(rec.tokenizer), mean_resizing=False)
+    resize_vocabulary(rec.model, len(rec.tokenizer))
     weight = rec.model.get_input_embeddings().weight
     with torch.no_grad():
         for lvl, (o, n) in enumerate(zip(old, sizes, strict=True)):

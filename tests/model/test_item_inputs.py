@@ -4,16 +4,20 @@ and the leading codes, never an item's own token."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from components.config import ModelConfig
 from components.model.decoding import PrefixTrie, constrained_beam_search
+from components.model.head import OutputHead
 from components.model.prompts import IGNORE
 from components.model.recommender import GenerativeRecommender
+from components.model.training import _fast_llama, collate, response_loss
 from tests.siit.test_warm_start import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,8 +32,12 @@ def _codes(seed: int = 0) -> np.ndarray:
     return np.stack([flat // 16, (flat // 4) % 4, flat % 4], axis=1)
 
 
-def _rec(item_inputs: bool = True, arch: str = "llama") -> GenerativeRecommender:
-    cfg = ModelConfig(**TINY, item_inputs=item_inputs, architecture=arch)
+def _rec(
+    item_inputs: bool = True, arch: str = "llama", in_head: bool = False
+) -> GenerativeRecommender:
+    cfg = ModelConfig(
+        **TINY, item_inputs=item_inputs, architecture=arch, item_inputs_in_head=in_head
+    )
     texts = [f"item {i} words" for i in range(N_ITEMS)]
     return GenerativeRecommender.create(cfg, SIZES, texts, seed=0, n_items=N_ITEMS)
 
@@ -115,6 +123,53 @@ def test_decoding_ranks_every_item_exactly_after_item_token_prompts(arch: str) -
     np.testing.assert_allclose(res.scores[0].numpy(), np.array(scores)[expected], atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_item_rows_are_outside_the_output_softmax(arch: str) -> None:
+    """The head stops at the tokenizer's vocabulary: logits [.., item_input_base], the same tied
+    weight; the model (`item_inputs_in_head`, as models saved before) covers the rows too."""
+    rec, legacy = _rec(arch=arch), _rec(arch=arch, in_head=True)
+    base, vocab = rec.item_input_base, rec.item_input_base + N_ITEMS
+    prompt = torch.tensor([rec.prompt_builder(_codes()).seqrec_prompt(np.array([1, 4]))])
+    kw = {"decoder_input_ids": prompt[:, :2]} if arch == "t5" else {}
+    with torch.no_grad():
+        assert rec.model(input_ids=prompt, **kw).logits.shape[-1] == base
+        assert legacy.model(input_ids=prompt, **kw).logits.shape[-1] == vocab
+    head = rec.model.get_output_embeddings()
+    assert isinstance(head, OutputHead) and head.size == base
+    assert head.weight is rec.model.get_input_embeddings().weight  # still tied
+    assert type(legacy.model.get_output_embeddings()) is torch.nn.Linear
+    assert [n for n, _ in rec.model.named_parameters()] == [
+        n for n, _ in legacy.model.named_parameters()
+    ]
+
+
+def test_training_gives_no_item_row_a_gradient_as_a_negative() -> None:
+    """An item's row learns only where the item is read: the loss of a window without it leaves
+    its row untouched (the head over all rows, as before, pushes every row down as a negative).
+    The CPU training path computes the loss the model's own forward does."""
+    codes, window = _codes(), np.array([3, 7, 1, 5])
+    absent = np.setdiff1d(np.arange(N_ITEMS), window)
+    for in_head in (False, True):
+        rec = _rec(in_head=in_head)
+        batch = collate([rec.prompt_builder(codes).seqrec_window(window, 1)], pad_id=0)
+        assert _fast_llama(rec.model, torch.device("cpu"))
+        rec.model.eval()
+        loss = response_loss(rec.model, batch)
+        with torch.no_grad():
+            logits = rec.model(input_ids=batch.input_ids).logits[0, :-1]
+        targets = batch.labels[0, 1:]
+        keep = targets != IGNORE
+        torch.testing.assert_close(loss, F.cross_entropy(logits[keep], targets[keep]))
+        (grad,) = torch.autograd.grad(loss, [rec.model.get_input_embeddings().weight])
+        rows = grad[rec.item_input_base :].abs().sum(1)
+        # read before a target of the window: learned either way
+        assert (rows[window[:-1]] > 0).all()
+        if in_head:  # every other row is a negative of every target
+            assert (rows[absent] > 0).all()
+        else:  # only the rows read before a target (the last item's predicts nothing)
+            assert rows.nonzero().flatten().tolist() == sorted(window[:-1].tolist())
+
+
 def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
     rec, codes = _rec(), _codes()
     rec.save(tmp_path / "model")
@@ -124,6 +179,16 @@ def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
     torch.testing.assert_close(
         back.model.get_input_embeddings().weight, rec.model.get_input_embeddings().weight
     )
+    assert back.model.get_output_embeddings().size == rec.item_input_base
+    assert back.model.get_output_embeddings().weight is back.model.get_input_embeddings().weight
+    # a model saved before item rows left the head loads with the head it was trained with
+    meta = tmp_path / "model" / "siit_model.json"
+    old = json.loads(meta.read_text())
+    del old["item_inputs_in_head"]
+    meta.write_text(json.dumps(old))
+    legacy = GenerativeRecommender.load(tmp_path / "model", device=torch.device("cpu"))
+    assert legacy.item_inputs_in_head
+    assert type(legacy.model.get_output_embeddings()) is torch.nn.Linear
 
 
 def test_item_inputs_need_a_catalogue_and_are_the_tiny_profiles() -> None:

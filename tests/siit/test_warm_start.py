@@ -185,6 +185,8 @@ def test_growing_the_codebooks_keeps_each_items_input_row() -> None:
     assert grown.input_tokens(np.array([[0, 3], [1, 2], [1, 0]]))[:, -1].tolist() == [
         grown.item_input_base + i for i in range(3)
     ]
+    head = grown.model.get_output_embeddings()  # the softmax stops before the moved rows
+    assert head.size == grown.item_input_base and head.weight is weight
 
 
 # loading a champion -------------------------------------------------------------------------
@@ -207,10 +209,18 @@ def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Pat
         want = old_rows[old_ids.index(item)] if item in old_ids else old_rows.mean(0)
         torch.testing.assert_close(rows[r], want)
     prompt = rec.prompt_builder(warm.token_map.codes).seqrec_prompt(np.arange(len(ids)))
-    assert rec.model(input_ids=torch.tensor([prompt])).logits.shape[1] == len(prompt)
+    logits = rec.model(input_ids=torch.tensor([prompt])).logits
+    assert logits.shape[1:] == (len(prompt), rec.item_input_base)  # no item row in the head
     # a champion without item inputs does not fit a run with them, and the reason says so
     plain = make_champion(tmp_path / "plain", _params(model={"item_inputs": False}))
     assert "model.item_inputs" in incompatibility(plain, params, ids)
+    # nor one whose softmax covered the item rows (set so, or saved before they left it)
+    legacy = make_champion(tmp_path / "legacy", _params(model={"item_inputs_in_head": True}))
+    assert "model.item_inputs_in_head" in incompatibility(legacy, params, ids)
+    record = json.loads((champion / RECORD_FILE).read_text())
+    del record["compatibility"]["model"]["item_inputs_in_head"]
+    (champion / RECORD_FILE).write_text(json.dumps(record))
+    assert "model.item_inputs_in_head" in incompatibility(champion, params, ids)
 
 
 @pytest.mark.parametrize("new_items", ["tokenizer", "model"])
