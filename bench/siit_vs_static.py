@@ -291,16 +291,22 @@ def print_tables(
     variants: dict[str, dict],
     fresh: bool,
     static_variants: dict[str, dict] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> None:
+    """kinds: which report ("siit" or "static") each model's runs hold, where it is not what
+    its place says (a SIIT variant's "siit", every other model's "static"); the first model
+    (named "static") is what the others are compared with."""
     models = (
         ["static", *variants]
         + ([f"fresh-{v}" for v in variants] if fresh else [])
         + list(static_variants or {})
     )
 
+    def kind(model: str) -> str:
+        return (kinds or {}).get(model) or ("siit" if model in variants else "static")
+
     def split_of(seed: int, model: str, split: str) -> dict[str, float]:
-        data = results[seed][model]
-        report = data["siit"] if model in variants else data["static"]
+        report = results[seed][model][kind(model)]
         if split == LAST:  # the validation of the budget's last epoch: no epoch chosen
             last = [r for r in report["rounds"] if "valid_ndcg@10" in r][-1]
             return {m: last[f"valid_{m}"] for m in METRICS}
@@ -310,9 +316,7 @@ def print_tables(
 
     # runs made before the pipeline kept per-user validation ranks have no cross-fitted row
     cross = all(
-        results[seed][m]["siit" if m in variants else "static"].get("valid_cross_fitted")
-        for seed in results
-        for m in models
+        results[seed][m][kind(m)].get("valid_cross_fitted") for seed in results for m in models
     )
     seed_splits = ("valid", *((CROSS,) if cross else ()), "test")
     summary_splits = (*seed_splits[:-1], LAST, "test")
@@ -321,7 +325,7 @@ def print_tables(
     print("|" + "---|" * (len(METRICS) + 5))
     for seed in results:
         for model in models:
-            rep = results[seed][model]["siit" if model in variants else "static"]
+            rep = results[seed][model][kind(model)]
             for split in seed_splits:
                 vals = split_of(seed, model, split)
                 cells = " | ".join(f"{vals[m]:.4f}" for m in METRICS)
@@ -361,7 +365,7 @@ def print_tables(
                 f"| {model} | {split} | {' | '.join(cells)} | {rel} | "
                 f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
             )
-    print_user_intervals(results, models, variants)
+    print_user_intervals(results, models, kind)
     if not variants:
         return
     print()
@@ -385,15 +389,13 @@ def print_tables(
                 )
 
 
-def print_user_intervals(results: dict[int, dict], models: list[str], variants: dict) -> None:
+def print_user_intervals(results: dict[int, dict], models: list[str], kind) -> None:
     """The test difference's interval with the users resampled too, when every run left its
     per-user test results (runs of the pipeline; not the tests' synthetic reports)."""
     if not all("work" in results[s][m] for s in results for m in models):
         return
     gains = {
-        (s, m): user_test_gains(results[s][m]["work"], "siit" if m in variants else "static")
-        for s in results
-        for m in models
+        (s, m): user_test_gains(results[s][m]["work"], kind(m)) for s in results for m in models
     }
     if not all(gains.values()):
         return
