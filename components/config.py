@@ -103,10 +103,11 @@ class ModelConfig(Strict):
         0.1, ge=0, lt=1, description="llama: attention dropout; t5: its dropout (all of it)"
     )
     residual_dropout: float = Field(
-        0.0,
+        0.1,
         ge=0,
         lt=1,
-        description="tiny profile: dropout on embeddings, attention and MLP outputs",
+        description="tiny llama: dropout on embeddings, attention and MLP outputs; t5, whose "
+        "model.dropout already covers those outputs, and the pretrained profile ignore it",
     )
     # pretrained profile
     name_or_path: str = "smollm2-135m"
@@ -154,12 +155,6 @@ class ModelConfig(Strict):
                 "model.architecture t5 is a tiny-profile model trained from scratch; the "
                 "pretrained profile loads the causal LM named by model.name_or_path (use "
                 "model.architecture: llama with it)"
-            )
-        if self.residual_dropout:
-            raise ValueError(
-                f"model.residual_dropout ({self.residual_dropout}) is for llama; t5's own dropout, "
-                "model.dropout, already covers its embeddings, attention and feed-forward "
-                "outputs: set model.residual_dropout to 0 with model.architecture t5"
             )
         return self
 

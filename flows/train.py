@@ -135,7 +135,10 @@ def build_session_task(
         train_cfg,
         params.evaluate,
         train_cfg.epochs,
-        residual_dropout=params.model.residual_dropout if rec.profile == "tiny" else 0.0,
+        # the tiny llama's (t5's model.dropout covers those outputs; pretrained: none)
+        residual_dropout=params.model.residual_dropout
+        if rec.architecture == "llama" and rec.profile == "tiny"
+        else 0.0,
     )
     if resume is not None:
         session.trainer.load_state_dict(ckpt.trainer_state())

@@ -207,13 +207,25 @@ def test_llama_saves_record_llama_and_old_saves_load_as_llama(tmp_path) -> None:
     [
         ({"architecture": "gpt"}, "model.architecture: 'gpt' is not allowed.*one of llama, t5"),
         ({"architecture": "t5", "profile": "pretrained"}, "pretrained profile"),
-        ({"architecture": "t5", "residual_dropout": 0.1}, "residual_dropout"),
     ],
 )
 def test_params_check_the_architecture(model: dict, message: str, tmp_path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": model}))
     with pytest.raises(ConfigError, match=message):
         load_params(tmp_path / "params.yaml")
+
+
+def test_t5_takes_the_default_residual_dropout_as_the_llamas_only(tmp_path) -> None:
+    """params.yaml's residual dropout is the tiny llama's; switching the architecture to t5
+    needs no other change (its model.dropout covers those outputs) and adds no hooks."""
+    from components.model.regularization import add_residual_dropout
+
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"model": {"architecture": "t5", "residual_dropout": 0.1}})
+    )
+    assert load_params(tmp_path / "params.yaml").model.residual_dropout == 0.1
+    rec, _, _ = t5_recommender()
+    assert add_residual_dropout(rec.model, 0.1) == []
 
 
 def test_params_select_t5(tmp_path) -> None:
