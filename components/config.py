@@ -131,11 +131,12 @@ class ModelConfig(Strict):
         "identifiers refinement gives its items; saved with the model",
     )
     item_inputs_in_head: bool = Field(
-        False,
+        True,
         description="with item_inputs: the output softmax (training loss and decoding) also "
-        "covers the item rows, which are never targets, as every model saved before they were "
-        "left out of it did (kept to compare); false: logits stop at the tokenizer's "
-        "vocabulary, so the head does not grow with the catalogue; saved with the model",
+        "covers the item rows, which are never targets but, as negatives, keep each item's "
+        "row apart from what the model predicts (better on validation on MovieLens); false: "
+        "logits stop at the tokenizer's vocabulary, so the head does not grow with the "
+        "catalogue (a large one decodes many times faster); saved with the model",
     )
 
     @model_validator(mode="after")

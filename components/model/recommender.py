@@ -51,9 +51,9 @@ class GenerativeRecommender:
     # items in token-map order); 0 items: histories read as identifiers
     item_inputs: int = 0
     item_input_base: int = 0
-    # model.item_inputs_in_head: the output softmax also covers the item rows (models saved
-    # before they were left out of it); else logits stop at item_input_base (`head.OutputHead`)
-    item_inputs_in_head: bool = False
+    # model.item_inputs_in_head: the output softmax also covers the item rows; else logits
+    # stop at item_input_base (`head.OutputHead`)
+    item_inputs_in_head: bool = True
 
     def __post_init__(self) -> None:
         tokens = [
@@ -280,6 +280,6 @@ class GenerativeRecommender:
             code_softmax=bool(meta.get("code_softmax", False)),  # saved before it: False
             item_inputs=int(meta.get("item_inputs", 0)),  # saved before them: none
             item_input_base=int(meta.get("item_input_base", 0)),
-            # saved before item rows left the head: it covers them
+            # saved before the setting existed: the head covers them
             item_inputs_in_head=bool(meta.get("item_inputs_in_head", True)),
         )

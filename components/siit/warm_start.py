@@ -82,8 +82,7 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
         theirs["model"].setdefault("architecture", "llama")
         theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
         theirs["model"].setdefault("item_inputs", False)  # and read histories as identifiers
-        # and, with item inputs, had the item rows in the output softmax
-        theirs["model"].setdefault("item_inputs_in_head", theirs["model"]["item_inputs"])
+        theirs["model"].setdefault("item_inputs_in_head", True)  # a head over all rows
     differ = sorted(
         f"{section}.{key}"
         for section in ours
@@ -329,5 +328,6 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
         profile=rec.profile,
         architecture=rec.architecture,
         code_softmax=rec.code_softmax,
+        item_inputs_in_head=rec.item_inputs_in_head,
     )
     return grown if rows is None else carry_item_inputs(grown, rows, np.arange(len(rows)))

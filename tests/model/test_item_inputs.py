@@ -33,7 +33,7 @@ def _codes(seed: int = 0) -> np.ndarray:
 
 
 def _rec(
-    item_inputs: bool = True, arch: str = "llama", in_head: bool = False
+    item_inputs: bool = True, arch: str = "llama", in_head: bool = True
 ) -> GenerativeRecommender:
     cfg = ModelConfig(
         **TINY, item_inputs=item_inputs, architecture=arch, item_inputs_in_head=in_head
@@ -91,11 +91,15 @@ def test_a_new_map_changes_the_codes_of_a_history_not_its_item_tokens() -> None:
         text_only.seqrec_prompt(history)
 
 
+@pytest.mark.parametrize("in_head", [True, False])
 @pytest.mark.parametrize("arch", ["llama", "t5"])
-def test_decoding_ranks_every_item_exactly_after_item_token_prompts(arch: str) -> None:
+def test_decoding_ranks_every_item_exactly_after_item_token_prompts(
+    arch: str, in_head: bool
+) -> None:
     """A wide beam is exact: its top-k is the brute-force ranking of every identifier after a
-    prompt holding item tokens (the shared-prompt path reads the item rows as any token)."""
-    rec, codes = _rec(arch=arch), _codes()
+    prompt holding item tokens (the shared-prompt path reads the item rows as any token),
+    whether the item rows are in the output softmax or not."""
+    rec, codes = _rec(arch=arch, in_head=in_head), _codes()
     rec.model.eval()
     prompt = rec.prompt_builder(codes).seqrec_prompt(np.array([0, 5, 11]))
     trie = PrefixTrie.from_codes(codes, SIZES)
@@ -125,9 +129,9 @@ def test_decoding_ranks_every_item_exactly_after_item_token_prompts(arch: str) -
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_item_rows_are_outside_the_output_softmax(arch: str) -> None:
-    """The head stops at the tokenizer's vocabulary: logits [.., item_input_base], the same tied
-    weight; the model (`item_inputs_in_head`, as models saved before) covers the rows too."""
-    rec, legacy = _rec(arch=arch), _rec(arch=arch, in_head=True)
+    """`item_inputs_in_head: false`: the head stops at the tokenizer's vocabulary, logits
+    [.., item_input_base], the same tied weight; the default head covers the rows too."""
+    rec, legacy = _rec(arch=arch, in_head=False), _rec(arch=arch)
     base, vocab = rec.item_input_base, rec.item_input_base + N_ITEMS
     prompt = torch.tensor([rec.prompt_builder(_codes()).seqrec_prompt(np.array([1, 4]))])
     kw = {"decoder_input_ids": prompt[:, :2]} if arch == "t5" else {}
@@ -171,7 +175,7 @@ def test_training_gives_no_item_row_a_gradient_as_a_negative() -> None:
 
 
 def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
-    rec, codes = _rec(), _codes()
+    rec, codes = _rec(in_head=False), _codes()
     rec.save(tmp_path / "model")
     back = GenerativeRecommender.load(tmp_path / "model", device=torch.device("cpu"))
     assert (back.item_inputs, back.item_input_base) == (rec.item_inputs, rec.item_input_base)
@@ -181,7 +185,7 @@ def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
     )
     assert back.model.get_output_embeddings().size == rec.item_input_base
     assert back.model.get_output_embeddings().weight is back.model.get_input_embeddings().weight
-    # a model saved before item rows left the head loads with the head it was trained with
+    # a model saved before the setting existed loads with the head it was trained with
     meta = tmp_path / "model" / "siit_model.json"
     old = json.loads(meta.read_text())
     del old["item_inputs_in_head"]

@@ -174,7 +174,7 @@ def test_growing_the_codebooks_adds_rows_and_keeps_the_old_ones() -> None:
 
 
 def test_growing_the_codebooks_keeps_each_items_input_row() -> None:
-    cfg = ModelConfig(**TINY_MODEL, item_inputs=True)
+    cfg = ModelConfig(**TINY_MODEL, item_inputs=True, item_inputs_in_head=False)
     rec = GenerativeRecommender.create(cfg, (2, 2), ["a b", "c d", "e f"], seed=0, n_items=3)
     rows = rec.model.get_input_embeddings().weight[rec.item_input_base :].detach().clone()
     grown = grow_codebooks(rec, (2, 4))
@@ -194,7 +194,7 @@ def test_growing_the_codebooks_keeps_each_items_input_row() -> None:
 
 def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    params = _params(model={"item_inputs": True})
+    params = _params(model={"item_inputs": True, "item_inputs_in_head": False})
     champion = make_champion(tmp_path / "champion", params)
     old_rec = GenerativeRecommender.load(champion / MODEL_DIR, device=torch.device("cpu"))
     old_ids = list(TokenMap.load(champion / TOKEN_MAP_FILE).item_ids)
@@ -214,13 +214,14 @@ def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Pat
     # a champion without item inputs does not fit a run with them, and the reason says so
     plain = make_champion(tmp_path / "plain", _params(model={"item_inputs": False}))
     assert "model.item_inputs" in incompatibility(plain, params, ids)
-    # nor one whose softmax covered the item rows (set so, or saved before they left it)
+    # nor one whose softmax covered the item rows (set so, or saved before the setting)
     legacy = make_champion(tmp_path / "legacy", _params(model={"item_inputs_in_head": True}))
     assert "model.item_inputs_in_head" in incompatibility(legacy, params, ids)
     record = json.loads((champion / RECORD_FILE).read_text())
     del record["compatibility"]["model"]["item_inputs_in_head"]
     (champion / RECORD_FILE).write_text(json.dumps(record))
     assert "model.item_inputs_in_head" in incompatibility(champion, params, ids)
+    assert incompatibility(champion, _params(model={"item_inputs": True}), ids) is None
 
 
 @pytest.mark.parametrize("new_items", ["tokenizer", "model"])
