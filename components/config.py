@@ -291,7 +291,7 @@ class SiitConfig(Strict):
         0, ge=0, description="leading identifier levels kept from the current map"
     )
     min_gain: float = Field(
-        0.0, ge=0, description="score gain (nats) over the current identifier needed to move"
+        0.5, ge=0, description="score gain (nats) over the current identifier needed to move"
     )
     candidates: int = Field(10, ge=1, description="top-B identifiers kept per item")
     beam_size: int = Field(20, ge=1)
