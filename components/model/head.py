@@ -41,13 +41,16 @@ def output_weight(model: torch.nn.Module) -> torch.Tensor:
 def set_output_size(model: torch.nn.Module, size: int | None) -> None:
     """Logits over the first `size` vocabulary rows (None: all of them, the stock head), with the
     weight the model's output embeddings have now (tied or not)."""
-    head = model.get_output_embeddings()
+    get_head = getattr(model, "get_output_embeddings", None)  # any model without one: as is
+    head = get_head() if get_head is not None else None
     if size is None:
         if isinstance(head, OutputHead):  # back to a stock Linear on the same weight
             stock = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0], bias=False)
             stock.weight = head.weight
             model.set_output_embeddings(stock)
         return
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output head to leave item rows out of")
     if isinstance(head, OutputHead):
         head.size = size
     else:
