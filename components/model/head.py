@@ -1,12 +1,13 @@
 """The output head of a model with item input tokens (`model.item_inputs`).
 
 An item's own input token is a vocabulary row past the tokenizer's, read inside histories and
-never a target. `OutputHead` takes the place of the tied `lm_head` and multiplies by the rows
-below those only, so every path that reads the model's logits (training, the beam searches,
-`sequence_log_probs`, a T5's forward, `generate`) gets a softmax over what the model may
-produce: no item row is a negative of any target, and the head does not grow with the
+never a target. By default (`model.item_inputs_in_head: true`) the tied head still covers those
+rows, so they are negatives of every target. With `false`, `OutputHead` takes the place of the
+tied `lm_head` and multiplies by the rows below them only, so every path that reads the
+model's logits (training, the beam searches, `sequence_log_probs`, a T5's forward, `generate`)
+gets a softmax over what the model may produce, and the head does not grow with the
 catalogue. The weight is the same tied Parameter under the same name (`lm_head.weight`), so the
-model saves, loads and resizes as the stock one; `GenerativeRecommender` installs the head.
+model saves and loads as the stock one; `GenerativeRecommender` installs the head.
 """
 
 from __future__ import annotations
