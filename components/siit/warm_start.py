@@ -321,13 +321,6 @@ def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> Genera
         for lvl, (o, n) in enumerate(zip(old, sizes, strict=True)):
             for c in range(o, n):
                 weight[rec.tokenizer.convert_tokens_to_ids(code_token(lvl, c))] = means[lvl]
-    grown = GenerativeRecommender(
-        rec.model,
-        rec.tokenizer,
-        tuple(sizes),
-        profile=rec.profile,
-        architecture=rec.architecture,
-        code_softmax=rec.code_softmax,
-        item_inputs_in_head=rec.item_inputs_in_head,
-    )
+    # every other setting of the model carries over; its item rows are put back below
+    grown = dataclasses.replace(rec, codebook_sizes=tuple(sizes), item_inputs=0, item_input_base=0)
     return grown if rows is None else carry_item_inputs(grown, rows, np.arange(len(rows)))
