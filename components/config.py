@@ -130,13 +130,15 @@ class ModelConfig(Strict):
         "model generates is still the identifier. A history then reads the same whatever "
         "identifiers refinement gives its items; saved with the model",
     )
-    item_inputs_in_head: bool = Field(
-        True,
-        description="with item_inputs: the output softmax (training loss and decoding) also "
-        "covers the item rows, which are never targets but, as negatives, keep each item's "
-        "row apart from what the model predicts (better on validation on MovieLens); false: "
-        "logits stop at the tokenizer's vocabulary, so the head does not grow with the "
-        "catalogue (a large one decodes many times faster); saved with the model",
+    item_inputs_in_head: bool | Literal["training"] = Field(
+        "training",
+        description="with item_inputs, which output softmax covers the item rows (never "
+        "targets): true: training and decoding; training: the training loss only, where as "
+        "negatives they keep each item's row apart from what the model predicts (better on "
+        "validation on MovieLens than false), while decoding and refinement score over what "
+        "the model may produce with a head that does not grow with the catalogue (a large one "
+        "decodes many times faster; top-k as true's within noise); false: neither; saved "
+        "with the model",
     )
 
     @model_validator(mode="after")

@@ -51,9 +51,9 @@ class GenerativeRecommender:
     # items in token-map order); 0 items: histories read as identifiers
     item_inputs: int = 0
     item_input_base: int = 0
-    # model.item_inputs_in_head: the output softmax also covers the item rows; else logits
-    # stop at item_input_base (`head.OutputHead`)
-    item_inputs_in_head: bool = True
+    # model.item_inputs_in_head: which softmax covers the item rows: true both, "training"
+    # the training loss only, false neither (`head.OutputHead` stops logits at item_input_base)
+    item_inputs_in_head: bool | str = True
 
     def __post_init__(self) -> None:
         tokens = [
@@ -71,9 +71,17 @@ class GenerativeRecommender:
             vocab = self.model.get_output_embeddings().weight.shape[0]
             levels = CodeLevels.build(self.code_token_ids, vocab)
         self.model.siit_code_levels = levels
+        if self.item_inputs_in_head not in (True, False, "training"):
+            raise ValueError(
+                f"item_inputs_in_head must be true, false or 'training', not "
+                f"{self.item_inputs_in_head!r}"
+            )
         if self.profile == "tiny":  # the pretrained profile has no item rows: its head as is
-            cut = self.item_inputs and not self.item_inputs_in_head
-            set_output_size(self.model, self.item_input_base if cut else None)
+            if not self.item_inputs or self.item_inputs_in_head is True:
+                set_output_size(self.model, None)
+            else:
+                training = None if self.item_inputs_in_head == "training" else self.item_input_base
+                set_output_size(self.model, self.item_input_base, training)
 
     @property
     def levels(self) -> int:
@@ -281,5 +289,5 @@ class GenerativeRecommender:
             item_inputs=int(meta.get("item_inputs", 0)),  # saved before them: none
             item_input_base=int(meta.get("item_input_base", 0)),
             # saved before the setting existed: the head covers them
-            item_inputs_in_head=bool(meta.get("item_inputs_in_head", True)),
+            item_inputs_in_head=meta.get("item_inputs_in_head", True),
         )

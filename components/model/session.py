@@ -16,6 +16,7 @@ import torch
 from components.config import EvaluateConfig, TrainConfig
 from components.data import Dataset
 from components.evaluation import evaluate_ranking, recommend_generative
+from components.model.head import training_rows
 from components.model.recommender import GenerativeRecommender
 from components.model.regularization import add_residual_dropout
 from components.model.training import (
@@ -154,7 +155,8 @@ class TrainingSession:
             rows = todo[start : start + batch_size]
             batch = collate([self.prompts.seqrec_window(*windows[i], band=band) for i in rows], pad)
             batch.input_ids, batch.labels = batch.input_ids.to(device), batch.labels.to(device)
-            with precision_context(device, self.trainer.precision):  # as training computes it
+            # as training computes it: its precision, its softmax (`model.item_inputs_in_head`)
+            with precision_context(device, self.trainer.precision), training_rows(self.rec.model):
                 loss = response_loss(self.rec.model, batch, per_row=True)
             sums[rows] = loss.double().cpu().numpy()
         self.rec.model.train(was_training)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from components.config import ModelConfig
 from components.model.decoding import PrefixTrie, constrained_beam_search
-from components.model.head import OutputHead
+from components.model.head import OutputHead, training_rows
 from components.model.prompts import IGNORE
 from components.model.recommender import GenerativeRecommender
 from components.model.training import _fast_llama, collate, response_loss
@@ -33,7 +33,7 @@ def _codes(seed: int = 0) -> np.ndarray:
 
 
 def _rec(
-    item_inputs: bool = True, arch: str = "llama", in_head: bool = True
+    item_inputs: bool = True, arch: str = "llama", in_head: bool | str = True
 ) -> GenerativeRecommender:
     cfg = ModelConfig(
         **TINY, item_inputs=item_inputs, architecture=arch, item_inputs_in_head=in_head
@@ -91,14 +91,14 @@ def test_a_new_map_changes_the_codes_of_a_history_not_its_item_tokens() -> None:
         text_only.seqrec_prompt(history)
 
 
-@pytest.mark.parametrize("in_head", [True, False])
+@pytest.mark.parametrize("in_head", [True, False, "training"])
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_decoding_ranks_every_item_exactly_after_item_token_prompts(
-    arch: str, in_head: bool
+    arch: str, in_head: bool | str
 ) -> None:
     """A wide beam is exact: its top-k is the brute-force ranking of every identifier after a
     prompt holding item tokens (the shared-prompt path reads the item rows as any token),
-    whether the item rows are in the output softmax or not."""
+    whether the item rows are in the decoding softmax or not."""
     rec, codes = _rec(arch=arch, in_head=in_head), _codes()
     rec.model.eval()
     prompt = rec.prompt_builder(codes).seqrec_prompt(np.array([0, 5, 11]))
@@ -130,14 +130,18 @@ def test_decoding_ranks_every_item_exactly_after_item_token_prompts(
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_item_rows_are_outside_the_output_softmax(arch: str) -> None:
     """`item_inputs_in_head: false`: the head stops at the tokenizer's vocabulary, logits
-    [.., item_input_base], the same tied weight; the default head covers the rows too."""
+    [.., item_input_base], the same tied weight, in training and evaluation; `true`'s head
+    covers the rows too."""
     rec, legacy = _rec(arch=arch, in_head=False), _rec(arch=arch)
     base, vocab = rec.item_input_base, rec.item_input_base + N_ITEMS
     prompt = torch.tensor([rec.prompt_builder(_codes()).seqrec_prompt(np.array([1, 4]))])
     kw = {"decoder_input_ids": prompt[:, :2]} if arch == "t5" else {}
-    with torch.no_grad():
-        assert rec.model(input_ids=prompt, **kw).logits.shape[-1] == base
-        assert legacy.model(input_ids=prompt, **kw).logits.shape[-1] == vocab
+    for mode in (True, False):
+        rec.model.train(mode)
+        legacy.model.train(mode)
+        with torch.no_grad():
+            assert rec.model(input_ids=prompt, **kw).logits.shape[-1] == base
+            assert legacy.model(input_ids=prompt, **kw).logits.shape[-1] == vocab
     head = rec.model.get_output_embeddings()
     assert isinstance(head, OutputHead) and head.size == base
     assert head.weight is rec.model.get_input_embeddings().weight  # still tied
@@ -145,6 +149,42 @@ def test_item_rows_are_outside_the_output_softmax(arch: str) -> None:
     assert [n for n, _ in rec.model.named_parameters()] == [
         n for n, _ in legacy.model.named_parameters()
     ]
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_item_rows_in_the_training_softmax_only(arch: str) -> None:
+    """`item_inputs_in_head: training` (the default): in training mode the logits are `true`'s,
+    item rows and all; in evaluation mode (every decoding path) they stop at the tokenizer's
+    vocabulary: `true`'s logits without the item rows. `training_rows` gives a loss in
+    evaluation mode the training's softmax back."""
+    assert ModelConfig().item_inputs_in_head == "training"
+    split, full = _rec(arch=arch, in_head="training"), _rec(arch=arch)
+    base, vocab = split.item_input_base, split.item_input_base + N_ITEMS
+    head = split.model.get_output_embeddings()
+    assert isinstance(head, OutputHead) and (head.size, head.training_size) == (base, None)
+    assert head.weight is split.model.get_input_embeddings().weight  # still tied
+    prompt = torch.tensor([split.prompt_builder(_codes()).seqrec_prompt(np.array([1, 4]))])
+    kw = {"decoder_input_ids": prompt[:, :2]} if arch == "t5" else {}
+    with torch.no_grad():
+        split.model.eval(), full.model.eval()  # dropout off: the same numbers both ways
+        reference = full.model(input_ids=prompt, **kw).logits
+        decoding = split.model(input_ids=prompt, **kw).logits
+        torch.testing.assert_close(decoding, reference[..., :base])
+        with training_rows(split.model):
+            torch.testing.assert_close(split.model(input_ids=prompt, **kw).logits, reference)
+        assert split.model(input_ids=prompt, **kw).logits.shape[-1] == base  # restored
+        split.model.train()
+        assert split.model(input_ids=prompt, **kw).logits.shape[-1] == vocab
+    if arch == "llama":  # the CPU training path computes `true`'s loss
+        codes, window = _codes(), np.array([3, 7, 1, 5])
+        batch = collate([split.prompt_builder(codes).seqrec_window(window, 1)], pad_id=0)
+        split.model.train(), full.model.train()
+        assert _fast_llama(split.model, torch.device("cpu"))
+        losses = []
+        for model in (split.model, full.model):
+            torch.manual_seed(0)  # the same dropout
+            losses.append(response_loss(model, batch))
+        torch.testing.assert_close(*losses)
 
 
 def test_training_gives_no_item_row_a_gradient_as_a_negative() -> None:
@@ -174,8 +214,9 @@ def test_training_gives_no_item_row_a_gradient_as_a_negative() -> None:
             assert rows.nonzero().flatten().tolist() == sorted(window[:-1].tolist())
 
 
-def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
-    rec, codes = _rec(in_head=False), _codes()
+@pytest.mark.parametrize("in_head", [False, "training"])
+def test_saved_and_loaded_with_its_item_rows(tmp_path: Path, in_head: bool | str) -> None:
+    rec, codes = _rec(in_head=in_head), _codes()
     rec.save(tmp_path / "model")
     back = GenerativeRecommender.load(tmp_path / "model", device=torch.device("cpu"))
     assert (back.item_inputs, back.item_input_base) == (rec.item_inputs, rec.item_input_base)
@@ -183,7 +224,10 @@ def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
     torch.testing.assert_close(
         back.model.get_input_embeddings().weight, rec.model.get_input_embeddings().weight
     )
-    assert back.model.get_output_embeddings().size == rec.item_input_base
+    assert back.item_inputs_in_head == in_head
+    head = back.model.get_output_embeddings()
+    assert head.size == rec.item_input_base
+    assert head.training_size == (None if in_head == "training" else rec.item_input_base)
     assert back.model.get_output_embeddings().weight is back.model.get_input_embeddings().weight
     # a model saved before the setting existed loads with the head it was trained with
     meta = tmp_path / "model" / "siit_model.json"
@@ -191,8 +235,23 @@ def test_saved_and_loaded_with_its_item_rows(tmp_path: Path) -> None:
     del old["item_inputs_in_head"]
     meta.write_text(json.dumps(old))
     legacy = GenerativeRecommender.load(tmp_path / "model", device=torch.device("cpu"))
-    assert legacy.item_inputs_in_head
+    assert legacy.item_inputs_in_head is True
     assert type(legacy.model.get_output_embeddings()) is torch.nn.Linear
+
+
+def test_an_unknown_head_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="item_inputs_in_head"):
+        ModelConfig(**TINY, item_inputs_in_head="decoding")
+    rec = _rec()
+    with pytest.raises(ValueError, match="true, false or 'training'"):
+        GenerativeRecommender(
+            rec.model,
+            rec.tokenizer,
+            SIZES,
+            item_inputs=N_ITEMS,
+            item_input_base=rec.item_input_base,
+            item_inputs_in_head="decoding",
+        )
 
 
 def test_item_inputs_need_a_catalogue_and_are_the_tiny_profiles() -> None:

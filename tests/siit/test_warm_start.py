@@ -221,7 +221,8 @@ def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Pat
     del record["compatibility"]["model"]["item_inputs_in_head"]
     (champion / RECORD_FILE).write_text(json.dumps(record))
     assert "model.item_inputs_in_head" in incompatibility(champion, params, ids)
-    assert incompatibility(champion, _params(model={"item_inputs": True}), ids) is None
+    as_before = _params(model={"item_inputs": True, "item_inputs_in_head": True})
+    assert incompatibility(champion, as_before, ids) is None
 
 
 @pytest.mark.parametrize("new_items", ["tokenizer", "model"])
