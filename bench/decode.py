@@ -3,7 +3,7 @@
     python bench/decode.py                          # 1,682 and 100,000 items, beam 20, top 10
     python bench/decode.py --items 1682 --users 64  # a quicker run
     python bench/decode.py --device cuda
-    python bench/decode.py --item-rows-out          # model.item_inputs_in_head=false
+    python bench/decode.py --item-rows-in-head true # decode over the item rows too
 
 Both decoders run the same tiny Llama (the `model` section of params.yaml, random init) on
 the same catalogue (random unique 3-level identifiers, codebook 256) and the same prompts
@@ -207,9 +207,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--item-rows-out",
-        action="store_true",
-        help="the item input rows out of the output softmax (model.item_inputs_in_head=false)",
+        "--item-rows-in-head",
+        choices=["true", "training", "false"],
+        help="model.item_inputs_in_head (default: params.yaml's); decoding reads the item "
+        "input rows with true only",
     )
     args = parser.parse_args()
     if args.threads:
@@ -219,12 +220,18 @@ def main() -> int:
     args.batch_size = args.batch_size or params.evaluate.batch_size
 
     cfg = params.model
-    if args.item_rows_out:
-        cfg = cfg.model_copy(update={"item_inputs_in_head": False})
+    if args.item_rows_in_head is not None:
+        setting = {"true": True, "false": False}.get(args.item_rows_in_head, "training")
+        cfg = cfg.model_copy(update={"item_inputs_in_head": setting})
     rows = [bench_catalogue(args, cfg, n, device) for n in args.items]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    rows_in = "in" if cfg.item_inputs_in_head else "out of"
-    head = f"item input rows {rows_in} the output softmax" if cfg.item_inputs else "no item rows"
+    rows_in = "in" if cfg.item_inputs_in_head is True else "out of"
+    head = (
+        f"item input rows {rows_in} the decoding softmax "
+        f"(model.item_inputs_in_head={str(cfg.item_inputs_in_head).lower()})"
+        if cfg.item_inputs
+        else "no item rows"
+    )
     print(
         f"\n{where}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), {platform.machine()}; beam {args.beam}, "
