@@ -286,6 +286,11 @@ def main() -> None:
         print_tables(results, variants, args.fresh, static_variants)
 
 
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+
+
 def print_tables(
     results: dict[int, dict],
     variants: dict[str, dict],
@@ -334,6 +339,18 @@ def print_tables(
                 )
                 print(f"| {seed} | {model} | {split} | {cells} | {average(vals):.4f} | {where} |")
     seeds = list(results)
+    print()
+    print(f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}:")
+    print()
+    print("| model | split | " + " | ".join(METRICS) + " | average |")
+    print("|" + "---|" * (len(METRICS) + 3))
+    for model in models:
+        for split in seed_splits:
+            per_seed = [split_of(seed, model, split) for seed in seeds]
+            columns = [[v[m] for v in per_seed] for m in METRICS]
+            columns.append([average(v) for v in per_seed])
+            cells = " | ".join(_mean_sd(c) for c in columns)
+            print(f"| {model} | {split} | {cells} |")
     print()
     print(
         f"Paired over seeds {', '.join(map(str, seeds))}: mean relative change vs static, and "

@@ -101,8 +101,10 @@ def test_the_cross_fitted_row_appears_when_every_run_has_it(bench, capsys) -> No
 
     bench.print_tables(results(True), {"siit": {}}, False)
     out = capsys.readouterr().out
-    (paired,) = [r for r in out.splitlines() if r.startswith("| siit | valid, cross-fitted |")]
+    rows = [r for r in out.splitlines() if r.startswith("| siit | valid, cross-fitted |")]
+    mean, paired = rows  # mean ± sd over the seeds, then the paired change
     assert "| +20.0% | +0.0300 [" in paired  # 0.18 against 0.15
+    assert mean.startswith("| siit | valid, cross-fitted | 0.1800 ± 0.0000 |")
     assert "| 1 | siit | valid, cross-fitted | 0.1800 |" in out  # and per seed
     bench.print_tables(results(False), {"siit": {}}, False)  # older runs: no such row
     assert "cross-fitted" not in capsys.readouterr().out
