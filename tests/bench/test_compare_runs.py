@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,15 +10,10 @@ import pytest
 
 from tests.bench.test_siit_vs_static import _report
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
 
 @pytest.fixture
-def compare(tmp_path: Path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the script imports its siblings
-    spec = importlib.util.spec_from_file_location("compare_runs", BENCH / "compare_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def compare(tmp_path: Path, monkeypatch, bench_script):
+    module = bench_script("compare_runs")
     monkeypatch.setattr(module, "RUNS", tmp_path)
     return module
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,15 +16,10 @@ from components.tokenizers.token_map import TokenMap
 from tests.flows.test_register import N_ITEMS, write_dataset, write_report
 from tests.siit.test_warm_start import _params, make_champion
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
 
 @pytest.fixture
-def decode_head(tmp_path: Path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the script imports its siblings
-    spec = importlib.util.spec_from_file_location("decode_head", BENCH / "decode_head.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def decode_head(tmp_path: Path, monkeypatch, bench_script):
+    module = bench_script("decode_head")
     monkeypatch.setattr(sys.modules["compare_runs"], "RUNS", tmp_path)
     return module
 
