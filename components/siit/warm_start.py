@@ -42,6 +42,7 @@ def compatibility_key(params: Params) -> dict:
     """What a model's weights and identifiers depend on: a champion made with other values
     cannot be continued."""
     model = params.model.model_dump(exclude={"dropout", "residual_dropout", "lora_dropout"})
+    model["item_inputs_in_head"] = _rows_trained(model["item_inputs_in_head"])
     return {
         "format": FORMAT,
         "model": model,
@@ -50,6 +51,12 @@ def compatibility_key(params: Params) -> dict:
         ),
         "data_source": params.data.source,
     }
+
+
+def _rows_trained(in_head: bool | str) -> bool:
+    """What the weights depend on of `model.item_inputs_in_head`: whether the training softmax
+    covers the item rows (`true` and `training` train alike; they differ in decoding only)."""
+    return in_head is not False
 
 
 def warm_start_record(params: Params, dataset_fingerprint: str, start: dict) -> dict:
@@ -83,6 +90,9 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
         theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
         theirs["model"].setdefault("item_inputs", False)  # and read histories as identifiers
         theirs["model"].setdefault("item_inputs_in_head", True)  # a head over all rows
+        theirs["model"]["item_inputs_in_head"] = _rows_trained(
+            theirs["model"]["item_inputs_in_head"]
+        )
     differ = sorted(
         f"{section}.{key}"
         for section in ours
@@ -128,6 +138,9 @@ def load_warm_start(
     the `tokenizer` choice needs (called only for new items)."""
     folder = Path(folder)
     rec = GenerativeRecommender.load(folder / MODEL_DIR, device=device)
+    if rec.item_inputs and rec.item_inputs_in_head != params.model.item_inputs_in_head:
+        # trained alike (`incompatibility`); the run's setting decides how it decodes
+        rec = dataclasses.replace(rec, item_inputs_in_head=params.model.item_inputs_in_head)
     old = TokenMap.load(folder / TOKEN_MAP_FILE)
     if tuple(old.codebook_sizes) != tuple(rec.codebook_sizes):
         raise ValueError(

@@ -225,6 +225,27 @@ def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Pat
     assert incompatibility(champion, as_before, ids) is None
 
 
+def test_true_and_training_continue_each_other(tmp_path: Path) -> None:
+    """`item_inputs_in_head` `true` and `training` train alike (the rows in the training
+    softmax) and differ only in decoding: a champion of one continues a run of the other, and
+    the continued model decodes as the run says. `false` trains otherwise."""
+    torch.set_num_threads(1)
+    ids = [str(i) for i in range(20)]
+    for theirs, ours in ((True, "training"), ("training", True)):
+        folder = tmp_path / f"champion-{theirs}"
+        champion = make_champion(folder, _params(model={"item_inputs_in_head": theirs}))
+        params = _params(model={"item_inputs_in_head": ours})
+        assert incompatibility(champion, params, ids) is None
+        rec = load_warm_start(champion, params, ids, _texts(ids), _no_embeddings).rec
+        assert rec.item_inputs_in_head == ours
+        rec.model.eval()
+        prompt = torch.tensor([rec.prompt_builder(np.zeros((20, 3), int)).seqrec_prompt([1, 2])])
+        width = rec.item_input_base + (len(ids) if ours is True else 0)
+        assert rec.model(input_ids=prompt).logits.shape[-1] == width
+        cut = _params(model={"item_inputs_in_head": False})
+        assert "model.item_inputs_in_head" in incompatibility(champion, cut, ids)
+
+
 @pytest.mark.parametrize("new_items", ["tokenizer", "model"])
 def test_existing_items_keep_identifiers_new_items_get_free_ones(
     new_items: str, tmp_path: Path
