@@ -62,6 +62,12 @@ class OutputHead(torch.nn.Module):
         )
 
 
+def trains_item_rows(in_head: bool | str) -> bool:
+    """Whether `model.item_inputs_in_head` puts the item rows in the training softmax (`true`
+    and `training` train alike; they differ in decoding only)."""
+    return in_head is not False
+
+
 def output_weight(model: torch.nn.Module) -> torch.Tensor:
     """The rows of `model.lm_head` the model's logits come from now (all of a stock head's)."""
     head = model.lm_head

@@ -26,7 +26,7 @@ from transformers import (
 from components.config import ModelConfig
 from components.io import atomic_dir
 from components.model.decoding import CodeLevels, is_encoder_decoder
-from components.model.head import set_output_size
+from components.model.head import set_output_size, trains_item_rows
 from components.model.prompts import PromptBuilder, template_texts
 from components.model.text_tokenizer import fit_text_tokenizer
 from components.tokenizers import code_token
@@ -80,7 +80,9 @@ class GenerativeRecommender:
             if not self.item_inputs or self.item_inputs_in_head is True:
                 set_output_size(self.model, None)
             else:
-                training = None if self.item_inputs_in_head == "training" else self.item_input_base
+                training = (
+                    None if trains_item_rows(self.item_inputs_in_head) else self.item_input_base
+                )
                 set_output_size(self.model, self.item_input_base, training)
 
     @property

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from components.config import Params
-from components.model.head import resize_vocabulary
+from components.model.head import resize_vocabulary, trains_item_rows
 from components.model.recommender import GenerativeRecommender
 from components.paths import ITEM_ENCODER_DIR, MODEL_DIR, RECORD_FILE, TOKEN_MAP_FILE
 from components.tokenizers import TokenMap, code_token, token_map_stats
@@ -42,7 +42,8 @@ def compatibility_key(params: Params) -> dict:
     """What a model's weights and identifiers depend on: a champion made with other values
     cannot be continued."""
     model = params.model.model_dump(exclude={"dropout", "residual_dropout", "lora_dropout"})
-    model["item_inputs_in_head"] = _rows_trained(model["item_inputs_in_head"])
+    # of the head setting, the weights depend on whether training covers the item rows
+    model["item_inputs_in_head"] = trains_item_rows(model["item_inputs_in_head"])
     return {
         "format": FORMAT,
         "model": model,
@@ -51,12 +52,6 @@ def compatibility_key(params: Params) -> dict:
         ),
         "data_source": params.data.source,
     }
-
-
-def _rows_trained(in_head: bool | str) -> bool:
-    """What the weights depend on of `model.item_inputs_in_head`: whether the training softmax
-    covers the item rows (`true` and `training` train alike; they differ in decoding only)."""
-    return in_head is not False
 
 
 def warm_start_record(params: Params, dataset_fingerprint: str, start: dict) -> dict:
@@ -90,7 +85,7 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
         theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
         theirs["model"].setdefault("item_inputs", False)  # and read histories as identifiers
         theirs["model"].setdefault("item_inputs_in_head", True)  # a head over all rows
-        theirs["model"]["item_inputs_in_head"] = _rows_trained(
+        theirs["model"]["item_inputs_in_head"] = trains_item_rows(
             theirs["model"]["item_inputs_in_head"]
         )
     differ = sorted(

@@ -24,11 +24,9 @@ def decode_head(tmp_path: Path, monkeypatch, bench_script):
     return module
 
 
-def _run(work: Path, in_head: bool | str):
+def _run(work: Path, **model):
     """A finished SIIT run's folder: params.yaml, data, the selected model, its report."""
-    params = _params(
-        model={"item_inputs": True, "item_inputs_in_head": in_head}, evaluate={"batch_size": 4}
-    )
+    params = _params(model={"item_inputs": True, **model}, evaluate={"batch_size": 4})
     work.mkdir(parents=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     write_dataset(work)
@@ -43,8 +41,8 @@ def test_each_run_is_decoded_as_a_model_trained_with_either_setting(
     """The rows-in figures are those of the model as trained with `true`, the rows-out ones
     those of the same weights saved with `training` (the same seed: the same model)."""
     torch.set_num_threads(1)
-    params = _run(tmp_path / "t-s1-siit", True)
-    _run(tmp_path / "u-s1-siit", "training")
+    params = _run(tmp_path / "t-s1-siit", item_inputs_in_head=True)
+    _run(tmp_path / "u-s1-siit", item_inputs_in_head="training")
     monkeypatch.setattr(sys, "argv", ["decode_head.py", "t-siit", "--seeds", "1"])
     decode_head.main()
     out = capsys.readouterr().out
@@ -68,10 +66,6 @@ def test_each_run_is_decoded_as_a_model_trained_with_either_setting(
 
 def test_a_model_without_item_rows_is_refused(decode_head, tmp_path: Path) -> None:
     work = tmp_path / "p-s1-siit"
-    params = _params(model={"item_inputs": False})
-    work.mkdir(parents=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
-    write_dataset(work)
-    make_champion(work / "artifacts/models/siit", params, n_items=N_ITEMS)
+    _run(work, item_inputs=False)
     with pytest.raises(SystemExit, match="no item input rows"):
         decode_head.redecode(work, "siit")
