@@ -226,6 +226,14 @@ class TrainConfig(Strict):
         "uniformly from band_min to data.max_history items (varied context, as plain windows "
         "give); 0 = always data.max_history",
     )
+    item_loss: float = Field(
+        0.0,
+        ge=0,
+        description="with model.item_inputs (tiny Llama): every seqrec target also trains a "
+        "next-item cross-entropy over the item rows (SASRec's objective, on the position that "
+        "predicts the item's first code; the rows are the items' tied input embeddings), with "
+        "this weight against a label token's 1; decoding still generates identifiers; 0 = off",
+    )
     hold_out_last: bool = Field(
         True,
         description="each user's last training item is not trained on (no target, no "
@@ -373,6 +381,16 @@ class Params(Strict):
             raise ValueError(
                 "model.code_softmax normalises over identifier tokens only; the id2item task "
                 f"(train.tasks.id2item {self.train.tasks.id2item}) has text targets: set it to 0"
+            )
+        if self.train.item_loss > 0 and not (
+            self.model.profile == "tiny"
+            and self.model.architecture == "llama"
+            and self.model.item_inputs
+        ):
+            raise ValueError(
+                f"train.item_loss ({self.train.item_loss}) trains the item rows of "
+                "model.item_inputs: it needs model.profile tiny, model.architecture llama and "
+                "model.item_inputs true (or train.item_loss 0)"
             )
         if self.train.window_stride > self.data.max_history and not self.train.banded:
             raise ValueError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,21 @@ class OutputHead(torch.nn.Module):
             f"in_features={self.weight.shape[1]}, out_features={self.size} of "
             f"{self.weight.shape[0]} (training: {training})"
         )
+
+
+@dataclass(frozen=True)
+class ItemRows:
+    """Where a model's item input tokens are: vocabulary rows `base` .. `base + count - 1`, item
+    i's at `base + i`; each item reads in a history as `levels` tokens, its own token last."""
+
+    base: int
+    count: int
+    levels: int
+
+
+def item_rows(model: torch.nn.Module) -> ItemRows | None:
+    """The model's item rows (set by `GenerativeRecommender` with `model.item_inputs`), or None."""
+    return getattr(model, "siit_item_rows", None)
 
 
 def trains_item_rows(in_head: bool | str) -> bool:

@@ -26,7 +26,7 @@ from transformers import (
 from components.config import ModelConfig
 from components.io import atomic_dir
 from components.model.decoding import CodeLevels, is_encoder_decoder
-from components.model.head import set_output_size, trains_item_rows
+from components.model.head import ItemRows, set_output_size, trains_item_rows
 from components.model.prompts import PromptBuilder, template_texts
 from components.model.text_tokenizer import fit_text_tokenizer
 from components.tokenizers import code_token
@@ -76,6 +76,11 @@ class GenerativeRecommender:
                 f"item_inputs_in_head must be true, false or 'training', not "
                 f"{self.item_inputs_in_head!r}"
             )
+        self.model.siit_item_rows = (
+            ItemRows(self.item_input_base, self.item_inputs, self.levels)
+            if self.item_inputs
+            else None
+        )
         if self.profile == "tiny":  # the pretrained profile has no item rows: its head as is
             if not self.item_inputs or self.item_inputs_in_head is True:
                 set_output_size(self.model, None)

@@ -44,7 +44,7 @@ from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
 from components.model.decoding import CodeLevels, code_levels, is_encoder_decoder
-from components.model.head import output_weight
+from components.model.head import ItemRows, item_rows, output_weight
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.progress import progress
 
@@ -271,19 +271,25 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     )
 
 
-def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -> torch.Tensor:
+def response_loss(
+    model: torch.nn.Module, batch: Batch, per_row: bool = False, item_weight: float = 0.0
+) -> torch.Tensor:
     """Next-token cross-entropy on labelled positions; the head runs only there.
 
     The mean over the batch's labelled tokens, or with `per_row` each row's sum (float32, one
-    per row: the loss of a batch's rows can then be reused one by one)."""
+    per row: the loss of a batch's rows can then be reused one by one). `item_weight` > 0
+    (`train.item_loss`; not with `per_row`, which measures the identifiers' loss alone): plus
+    that weight times each seqrec target's next-item cross-entropy over the item rows
+    (`next_item_loss`), summed and divided by the same count of labelled tokens."""
     mask = band_mask(batch)
     levels = code_levels(model)
+    features = None  # the decoder-only paths: final hidden states at the labelled positions
     if is_encoder_decoder(model) and mask is None:
         logits, targets, selected = _seq2seq_response_logits(model, batch.input_ids, batch.labels)
         if levels is not None:
             logits, targets = _level_logits(logits, targets, selected, levels)
     elif _fast_llama(model, batch.input_ids.device, banded=mask is not None):
-        logits, targets, selected = _llama_response_logits(
+        logits, targets, selected, features = _llama_response_logits(
             model, batch.input_ids, batch.labels, mask, levels
         )
     elif mask is not None:
@@ -298,16 +304,62 @@ def response_loss(model: torch.nn.Module, batch: Batch, per_row: bool = False) -
         hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
         targets = batch.labels[:, 1:]
         selected = targets != IGNORE
-        logits = model.get_output_embeddings()(hidden[:, :-1][selected])
+        features = hidden[:, :-1][selected]
+        logits = model.get_output_embeddings()(features)
         if levels is not None:
             logits, targets = _level_logits(logits, targets, selected, levels)
     if not per_row:
-        return F.cross_entropy(logits.float(), targets[selected])
+        loss = F.cross_entropy(logits.float(), targets[selected])
+        if item_weight:
+            if features is None:
+                raise ValueError(
+                    f"train.item_loss ({item_weight}) trains through a decoder-only model's "
+                    f"hidden states; {type(model).__name__} has none to give: set it to 0"
+                )
+            items = next_item_loss(model, batch.input_ids, selected, features)
+            loss = loss + item_weight * items / selected.sum().clamp(min=1)
+        return loss
     token = F.cross_entropy(logits.float(), targets[selected], reduction="none")
     rows = selected.nonzero(as_tuple=True)[0]  # row-major, as the boolean index above
     return torch.zeros(selected.shape[0], dtype=token.dtype, device=token.device).index_add_(
         0, rows, token
     )
+
+
+def next_item_positions(
+    input_ids: torch.Tensor, selected: torch.Tensor, rows: ItemRows
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a seqrec target item begins, and which item it is: bool [batch, length - 1] over
+    the positions that predict a token (position t predicts token t + 1; `selected` are the
+    labelled ones), True where the predicted token is an item's first code, and each such
+    item's row index (long [n], row-major).
+
+    A history item reads as its leading codes and then its own token (`model.item_inputs`), so
+    the position predicting an item's first code is the one whose `levels`-th next input token
+    is an item token; no other labelled position is (the tokens there are codes), and the
+    text tasks hold no item tokens."""
+    ahead = F.pad(input_ids[:, rows.levels :], (0, rows.levels - 1), value=-1) - rows.base
+    at = selected & (ahead >= 0) & (ahead < rows.count)
+    return at, ahead[at]
+
+
+def next_item_loss(
+    model: torch.nn.Module, input_ids: torch.Tensor, selected: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
+    """SASRec's objective on the generative model (`train.item_loss`): at every position that
+    predicts a seqrec target's first code, the cross-entropy of that item among all item rows
+    (the items' input embeddings, tied to the output head), summed over those positions.
+    `features` are the final hidden states at the `selected` positions, in their order."""
+    rows = item_rows(model)
+    if rows is None:
+        raise ValueError(
+            "train.item_loss trains the item rows of model.item_inputs; this model has none "
+            "(set model.item_inputs true, or train.item_loss 0)"
+        )
+    at, items = next_item_positions(input_ids, selected, rows)
+    weight = model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
+    logits = F.linear(features[at[selected]], weight)
+    return F.cross_entropy(logits.float(), items, reduction="sum")
 
 
 def _level_targets(
@@ -604,7 +656,8 @@ def _llama_response_logits(
     labels: torch.Tensor,
     blocked: torch.Tensor | None = None,
     levels: CodeLevels | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, selected, final hidden states at the selected positions)."""
     targets = labels[:, 1:]
     selected = targets != IGNORE
     positions = F.pad(selected, (0, 1))  # position t predicts token t + 1
@@ -612,8 +665,8 @@ def _llama_response_logits(
     x = _rms_norm(hidden, model.model.norm)
     if levels is not None:
         logits, targets = _level_head(x, model.lm_head.weight, targets, selected, levels)
-        return logits, targets, selected
-    return F.linear(x, output_weight(model)), targets, selected
+        return logits, targets, selected, x
+    return F.linear(x, output_weight(model)), targets, selected, x
 
 
 def cpu_bf16_native() -> bool:
@@ -658,9 +711,10 @@ def shard(batch: Batch) -> tuple[Batch, float]:
 class _ResponseLossModule(torch.nn.Module):
     """`response_loss` as a forward, so that DDP sees (and synchronises) the pass it runs."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, item_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.item_weight = item_weight
 
     def forward(
         self,
@@ -672,7 +726,7 @@ class _ResponseLossModule(torch.nn.Module):
         band_widths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch = Batch(input_ids, attention_mask, labels, 0, band, band_rows, band_widths)
-        return response_loss(self.model, batch)
+        return response_loss(self.model, batch, item_weight=self.item_weight)
 
 
 def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -716,7 +770,7 @@ class Trainer:
         # `precision` (else train.precision; its 'auto' decides by SIIT_TRAIN_PRECISION or device)
         self.precision = training_precision(device, precision or cfg.precision)
         self.data_parallel = distributed.setup(device)
-        self._loss: torch.nn.Module = _ResponseLossModule(model)
+        self._loss: torch.nn.Module = _ResponseLossModule(model, cfg.item_loss)
         if self.data_parallel:
             device_ids = None
             if device.type == "cuda":  # one GPU per rank
