@@ -1,0 +1,167 @@
+"""Finished bench runs' models ranked three ways: by their identifiers (the generative beam
+search), by their item rows alone (SASRec's ranking on the same network), and by both.
+
+    python bench/item_head.py rdt-static rdt-il1 --seeds 1 2 3 4 5
+
+A model with item input tokens (`model.item_inputs`) has one row per item, tied between its
+input and output embeddings. With `train.item_loss` those rows are trained as SASRec's are: the
+final hidden state before an item's first code scores every item by a dot product with its
+row. This takes each run's selected model (bench/.runs/<tag>-s<seed>-<model>/artifacts/
+models/<kind>/, left by siit_vs_static.py) and its token map, and ranks the validation and
+test users, with the run's own evaluate settings (seen items excluded, beam, top-k):
+
+- `identifiers`: the constrained beam search, as evaluation ranks (the product's ranking);
+- `item rows`: every item by its row's log-softmax at the prompt's last position;
+- `both, w`: the beam's `evaluate.beam_size` leaves re-ranked by their identifier
+  log-probability plus w times their item rows' log-probability (a generative shortlist,
+  re-scored), for each w of --weights.
+
+Nothing is trained. Prints per run the four-metric average of each ranking and, per split, the
+mean over the runs; choose on validation.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The project root instead of bench/ (bench/ scripts import the project from its root).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)
+sys.path.insert(1, str(ROOT / "bench"))
+
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from compare_runs import load_group  # noqa: E402
+
+from components.config import load_params  # noqa: E402
+from components.data.dataset import Dataset  # noqa: E402
+from components.evaluation import evaluate_ranking, seen_mask  # noqa: E402
+from components.model.decoding import PrefixTrie, constrained_beam_search  # noqa: E402
+from components.model.head import item_rows  # noqa: E402
+from components.model.recommender import GenerativeRecommender  # noqa: E402
+from components.tokenizers.token_map import TokenMap  # noqa: E402
+
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+@torch.no_grad()
+def item_log_probs(rec: GenerativeRecommender, prompts: list[list[int]]) -> torch.Tensor:
+    """float [n_prompts, n_items]: each item's log-softmax over the item rows, scored by the
+    final hidden state at the prompt's last token (the position that predicts the next item's
+    first code)."""
+    rows = item_rows(rec.model)
+    weight = rec.model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
+    pad = rec.tokenizer.pad_token_id or 0
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.tensor(p)
+    # right padding, causal attention: a real token never attends to the padding after it
+    hidden = rec.model.model(input_ids=ids).last_hidden_state
+    last = hidden[torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts])]
+    return torch.log_softmax(last.float() @ weight.float().T, -1)
+
+
+def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
+    """Item indices of the k best finite scores per row, -1 past the finite ones."""
+    values, idx = scores.topk(k, dim=1)
+    return torch.where(values > -torch.inf, idx, -1).numpy()
+
+
+def rank_all(work: Path, kind: str, weights: list[float], batch: int = 128) -> dict:
+    """{split: {ranking: metrics}} for one finished run's selected model."""
+    params = load_params(work / "params.yaml")
+    cfg = params.evaluate
+    dataset = Dataset.read(work / "data" / "processed")
+    folder = work / "artifacts" / "models" / kind
+    rec = GenerativeRecommender.load(folder / "model", device=torch.device("cpu"))
+    if item_rows(rec.model) is None:
+        raise SystemExit(f"{work}: the model has no item rows (model.item_inputs false)")
+    rec.model.eval()
+    codes = TokenMap.load(folder / "token_map.parquet").codes
+    builder = rec.prompt_builder(codes)
+    trie = PrefixTrie.from_codes(codes, rec.codebook_sizes)
+    out = {}
+    for split in ("valid", "test"):
+        data = dataset.eval_split(split)
+        n = len(data.targets)
+        ranked = {"identifiers": np.full((n, cfg.top_k), -1), "item rows": None}
+        ranked.update({f"both, w={w:g}": np.full((n, cfg.top_k), -1) for w in weights})
+        item_rank = []
+        for start in range(0, n, batch):
+            rows = list(range(start, min(n, start + batch)))
+            prompts = [builder.seqrec_prompt(data.histories[r]) for r in rows]
+            seen = seen_mask([data.seen[r] for r in rows], len(codes)) if cfg.exclude_seen else None
+            beam = constrained_beam_search(
+                rec.model,
+                prompts,
+                rec.code_token_ids,
+                trie,
+                beam_size=cfg.beam_size,
+                top_k=cfg.beam_size,
+                pad_id=rec.tokenizer.pad_token_id or 0,
+                exclude=seen,
+            )
+            ranked["identifiers"][rows] = beam.leaves[:, : cfg.top_k].numpy()
+            items = item_log_probs(rec, prompts)
+            if seen is not None:
+                items = items.masked_fill(seen, -torch.inf)
+            item_rank.append(top_k(items, cfg.top_k))
+            leaves = beam.leaves.clamp(min=0)
+            for w in weights:
+                score = beam.scores + w * items.gather(1, leaves)
+                score = score.masked_fill(beam.leaves < 0, -torch.inf)
+                order = score.argsort(dim=1, descending=True, stable=True)[:, : cfg.top_k]
+                best = beam.leaves.gather(1, order)
+                best = best.masked_fill(score.gather(1, order) == -torch.inf, -1)
+                ranked[f"both, w={w:g}"][rows] = best.numpy()
+        ranked["item rows"] = np.concatenate(item_rank)
+        out[split] = {name: evaluate_ranking(r, data) for name, r in ranked.items()}
+    return out
+
+
+def average(metrics: dict[str, float]) -> float:
+    return float(np.mean([metrics[m] for m in METRICS]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--weights", nargs="+", type=float, default=[0.5, 1.0, 2.0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("groups", nargs="+", help="<tag>-<model>, e.g. rdt-static rdt-il1")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = ["identifiers", "item rows", *[f"both, w={w:g}" for w in args.weights]]
+    print("four-metric average (recall@5, recall@10, ndcg@5, ndcg@10); ndcg@10 in brackets\n")
+    print(f"| run | split | {' | '.join(names)} |")
+    print(f"|---|---|{'---|' * len(names)}")
+    means: dict[tuple[str, str, str], list[float]] = {}
+    for group in args.groups:
+        kind, runs = load_group(group, args.seeds)
+        for seed in args.seeds:
+            work = Path(runs[seed]["work"])
+            res = rank_all(work, kind, args.weights)
+            for split in ("valid", "test"):
+                cells = []
+                for name in names:
+                    m = res[split][name]
+                    means.setdefault((group, split, name), []).append(average(m))
+                    cells.append(f"{average(m):.4f} ({m['ndcg@10']:.4f})")
+                print(f"| {work.name} | {split} | {' | '.join(cells)} |", flush=True)
+    print(f"\nmean over seeds {args.seeds}\n")
+    print(f"| group | split | {' | '.join(names)} |")
+    print(f"|---|---|{'---|' * len(names)}")
+    for group in args.groups:
+        for split in ("valid", "test"):
+            cells = [f"{np.mean(means[(group, split, name)]):.4f}" for name in names]
+            print(f"| {group} | {split} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()

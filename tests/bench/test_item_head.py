@@ -1,0 +1,76 @@
+"""bench/item_head.py: a finished run's model ranked by its identifiers, its item rows, both."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.data.dataset import Dataset
+from components.evaluation import evaluate_ranking
+from components.model.head import item_rows
+from components.model.recommender import GenerativeRecommender
+from components.model.session import evaluate_model
+from components.tokenizers.token_map import TokenMap
+from tests.bench.test_decode_head import _run
+
+
+@pytest.fixture
+def item_head(tmp_path: Path, monkeypatch, bench_script):
+    module = bench_script("item_head")
+    monkeypatch.setattr(sys.modules["compare_runs"], "RUNS", tmp_path)
+    return module
+
+
+def _brute_force_item_ranking(rec, codes, data, k: int) -> np.ndarray:
+    """One prompt at a time, no padding: every unseen item by its row's dot product."""
+    builder = rec.prompt_builder(codes)
+    rows = item_rows(rec.model)
+    weight = rec.model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
+    ranked = []
+    with torch.no_grad():
+        for history, seen in zip(data.histories, data.seen, strict=True):
+            ids = torch.tensor([builder.seqrec_prompt(history)])
+            last = rec.model.model(input_ids=ids).last_hidden_state[0, -1]
+            scores = (last @ weight.T).numpy().astype(np.float64)
+            scores[seen] = -np.inf
+            ranked.append(np.argsort(-scores, kind="stable")[:k])
+    return np.stack(ranked)
+
+
+def test_three_rankings_of_one_model(item_head, tmp_path: Path, monkeypatch, capsys) -> None:
+    torch.set_num_threads(1)
+    work = tmp_path / "t-s1-siit"
+    params = _run(work, item_inputs_in_head="training")
+    got = item_head.rank_all(work, "siit", weights=[0.0, 1.0])
+    models = work / "artifacts/models/siit"
+    rec = GenerativeRecommender.load(models / "model", device=torch.device("cpu"))
+    rec.model.eval()
+    codes = TokenMap.load(models / "token_map.parquet").codes
+    dataset = Dataset.read(work / "data/processed")
+    for split in ("valid", "test"):
+        want, _ = evaluate_model(rec, dataset, codes, params.evaluate, split)
+        assert got[split]["identifiers"] == want  # the product's own ranking
+        # weight 0: the beam's order again (its shortlist re-ranked by its own scores)
+        assert got[split]["both, w=0"] == want
+        data = dataset.eval_split(split)
+        brute = _brute_force_item_ranking(rec, codes, data, params.evaluate.top_k)
+        assert got[split]["item rows"] == evaluate_ranking(brute, data)
+    assert got["valid"]["both, w=1"] != got["valid"]["identifiers"]
+
+    monkeypatch.setattr(sys, "argv", ["item_head.py", "t-siit", "--seeds", "1", "--weights", "1"])
+    item_head.main()
+    out = capsys.readouterr().out
+    (row,) = [r for r in out.splitlines() if r.startswith("| t-s1-siit | valid |")]
+    assert f"{got['valid']['identifiers']['ndcg@10']:.4f}" in row
+    assert "| t-siit | test |" in out
+
+
+def test_a_model_without_item_rows_is_refused(item_head, tmp_path: Path) -> None:
+    work = tmp_path / "p-s1-siit"
+    _run(work, item_inputs=False)
+    with pytest.raises(SystemExit, match="no item rows"):
+        item_head.rank_all(work, "siit", weights=[1.0])
