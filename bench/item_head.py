@@ -14,7 +14,8 @@ test users, with the run's own evaluate settings (seen items excluded, beam, top
 - `item rows`: every item by its row's log-softmax at the prompt's last position;
 - `both, w`: the beam's `evaluate.beam_size` leaves re-ranked by their identifier
   log-probability plus w times their item rows' log-probability (a generative shortlist,
-  re-scored), for each w of --weights.
+  re-scored), for each w of --weights: what evaluation and serving rank with
+  `evaluate.item_weight` = w.
 
 Nothing is trained. Prints per run the four-metric average of each ranking and, per split, the
 mean over the runs; choose on validation.
@@ -39,30 +40,17 @@ from compare_runs import load_group  # noqa: E402
 from components.config import load_params  # noqa: E402
 from components.data.dataset import Dataset  # noqa: E402
 from components.evaluation import evaluate_ranking, seen_mask  # noqa: E402
-from components.model.decoding import PrefixTrie, constrained_beam_search  # noqa: E402
+from components.model.decoding import (  # noqa: E402
+    PrefixTrie,
+    constrained_beam_search,
+    item_log_probs,
+    rescore_with_item_rows,
+)
 from components.model.head import item_rows  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
 from components.tokenizers.token_map import TokenMap  # noqa: E402
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
-
-
-@torch.no_grad()
-def item_log_probs(rec: GenerativeRecommender, prompts: list[list[int]]) -> torch.Tensor:
-    """float [n_prompts, n_items]: each item's log-softmax over the item rows, scored by the
-    final hidden state at the prompt's last token (the position that predicts the next item's
-    first code)."""
-    rows = item_rows(rec.model)
-    weight = rec.model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
-    pad = rec.tokenizer.pad_token_id or 0
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)] = torch.tensor(p)
-    # right padding, causal attention: a real token never attends to the padding after it
-    hidden = rec.model.model(input_ids=ids).last_hidden_state
-    last = hidden[torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts])]
-    return torch.log_softmax(last.float() @ weight.float().T, -1)
 
 
 def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
@@ -106,18 +94,13 @@ def rank_all(work: Path, kind: str, weights: list[float], batch: int = 128) -> d
                 exclude=seen,
             )
             ranked["identifiers"][rows] = beam.leaves[:, : cfg.top_k].numpy()
-            items = item_log_probs(rec, prompts)
+            items = item_log_probs(rec.model, prompts, rec.tokenizer.pad_token_id or 0)
+            for w in weights:  # as evaluation ranks with evaluate.item_weight = w
+                both = rescore_with_item_rows(beam, items, w, cfg.top_k)
+                ranked[f"both, w={w:g}"][rows] = both.leaves.numpy()
             if seen is not None:
                 items = items.masked_fill(seen, -torch.inf)
             item_rank.append(top_k(items, cfg.top_k))
-            leaves = beam.leaves.clamp(min=0)
-            for w in weights:
-                score = beam.scores + w * items.gather(1, leaves)
-                score = score.masked_fill(beam.leaves < 0, -torch.inf)
-                order = score.argsort(dim=1, descending=True, stable=True)[:, : cfg.top_k]
-                best = beam.leaves.gather(1, order)
-                best = best.masked_fill(score.gather(1, order) == -torch.inf, -1)
-                ranked[f"both, w={w:g}"][rows] = best.numpy()
         ranked["item rows"] = np.concatenate(item_rank)
         out[split] = {name: evaluate_ranking(r, data) for name, r in ranked.items()}
     return out

@@ -322,6 +322,14 @@ class EvaluateConfig(Strict):
     top_k: int = Field(10, ge=1)
     exclude_seen: bool = True
     batch_size: int = Field(128, gt=0)
+    item_weight: float = Field(
+        0.0,
+        ge=0,
+        description="with model.item_inputs (tiny Llama), best with train.item_loss: the beam's "
+        "beam_size leaves re-ranked by identifier log-probability + item_weight x the item "
+        "rows' log-probability (the generative shortlist re-scored; evaluation, best-epoch "
+        "choice and serving alike); 0 = the beam's own order",
+    )
 
     @model_validator(mode="after")
     def _beam_covers_top_k(self) -> EvaluateConfig:
@@ -381,6 +389,16 @@ class Params(Strict):
             raise ValueError(
                 "model.code_softmax normalises over identifier tokens only; the id2item task "
                 f"(train.tasks.id2item {self.train.tasks.id2item}) has text targets: set it to 0"
+            )
+        if self.evaluate.item_weight > 0 and not (
+            self.model.profile == "tiny"
+            and self.model.architecture == "llama"
+            and self.model.item_inputs
+        ):
+            raise ValueError(
+                f"evaluate.item_weight ({self.evaluate.item_weight}) scores the item rows of "
+                "model.item_inputs: it needs model.profile tiny, model.architecture llama and "
+                "model.item_inputs true (or evaluate.item_weight 0)"
             )
         if self.train.item_loss > 0 and not (
             self.model.profile == "tiny"

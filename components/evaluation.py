@@ -36,8 +36,14 @@ def seen_mask(
 def recommend_generative(
     rec: GenerativeRecommender, codes: np.ndarray, split: EvalSplit, cfg: EvaluateConfig
 ) -> np.ndarray:
-    """Top-k item indices per user by trie-constrained beam search: int [n_users, k], -1 pads."""
-    from components.model.decoding import PrefixTrie, constrained_beam_search
+    """Top-k item indices per user by trie-constrained beam search: int [n_users, k], -1 pads.
+    With `evaluate.item_weight` the beam's leaves re-scored by the item rows as well."""
+    from components.model.decoding import (
+        PrefixTrie,
+        constrained_beam_search,
+        item_log_probs,
+        rescore_with_item_rows,
+    )
 
     rec.model.eval()
     prompts = rec.prompt_builder(codes)
@@ -52,16 +58,22 @@ def recommend_generative(
             if cfg.exclude_seen
             else None
         )
+        prompts_now = [all_prompts[r] for r in rows]
+        pad = rec.tokenizer.pad_token_id or 0
         result = constrained_beam_search(
             rec.model,
-            [all_prompts[r] for r in rows],
+            prompts_now,
             rec.code_token_ids,
             trie,
             beam_size=cfg.beam_size,
-            top_k=cfg.top_k,
-            pad_id=rec.tokenizer.pad_token_id or 0,
+            # evaluate.item_weight: the whole beam is the shortlist the item rows re-score
+            top_k=cfg.beam_size if cfg.item_weight else cfg.top_k,
+            pad_id=pad,
             exclude=exclude,
         )
+        if cfg.item_weight:
+            scores = item_log_probs(rec.model, prompts_now, pad)
+            result = rescore_with_item_rows(result, scores, cfg.item_weight, cfg.top_k)
         ranked[rows, : result.leaves.shape[1]] = result.leaves.cpu().numpy()
     return ranked
 

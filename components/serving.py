@@ -13,8 +13,10 @@ Request: a table with one row per user.
 - `user_id` (optional): echoed back.
 
 Answer, one row per request row: `item_ids` (best first), `scores` (the log-probability of
-each item's identifier after the history), `k` (the k used), `unknown_item_ids` (history ids
-not in the catalogue), and `user_id` when given.
+each item's identifier after the history; with `serving.json: item_weight` > 0, from
+evaluate.item_weight, that plus item_weight x the item's log-probability among the item rows,
+the beam's leaves re-ranked by it), `k` (the k used), `unknown_item_ids` (history ids not in
+the catalogue), and `user_id` when given.
 
 Edge cases (the documented answers; nothing here is an HTTP 500):
 - empty history: the model's recommendations after an empty history (a new user);
@@ -57,11 +59,15 @@ class ServingConfig:
     beam_size: int = 20
     max_history: int = 20
     batch_size: int = 64
+    item_weight: float = 0.0  # evaluate.item_weight: the beam's leaves re-scored by item rows
 
     @classmethod
     def read(cls, path: str | Path) -> ServingConfig:
         raw = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        return cls(**{k: int(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(
+            **{k: float(v) if k == "item_weight" else int(v) for k, v in raw.items() if k in fields}
+        )
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.__dict__, indent=2))
@@ -229,7 +235,11 @@ class Recommender:
     ) -> tuple[list[list[int]], list[list[float]]]:
         import torch
 
-        from components.model.decoding import constrained_beam_search
+        from components.model.decoding import (
+            constrained_beam_search,
+            item_log_probs,
+            rescore_with_item_rows,
+        )
 
         device = self.rec.device
         prompts = [self.prompts.seqrec_prompt(h[-self.config.max_history :]) for h in histories]
@@ -237,6 +247,8 @@ class Recommender:
         for row, h in enumerate(histories):
             if len(h):
                 exclude[row, torch.as_tensor(h, device=device)] = True
+        pad = self.rec.tokenizer.pad_token_id or 0
+        weight = self.config.item_weight
         with torch.inference_mode():
             result = constrained_beam_search(
                 self.rec.model,
@@ -244,10 +256,13 @@ class Recommender:
                 self.rec.code_token_ids,
                 self.trie,
                 beam_size=width,
-                top_k=k,
-                pad_id=self.rec.tokenizer.pad_token_id or 0,
+                top_k=width if weight else k,  # item_weight: the whole beam is the shortlist
+                pad_id=pad,
                 exclude=exclude,
             )
+            if weight:
+                scores = item_log_probs(self.rec.model, prompts, pad)
+                result = rescore_with_item_rows(result, scores, weight, k)
         leaves = result.leaves.cpu().numpy()
         scores = result.scores.float().cpu().numpy()
         items, out_scores = [], []

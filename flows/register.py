@@ -37,6 +37,7 @@ def serving_config(params: Params) -> ServingConfig:
         beam_size=params.evaluate.beam_size,
         max_history=params.data.max_history,
         batch_size=min(64, params.evaluate.batch_size),
+        item_weight=params.evaluate.item_weight,
     )
 
 

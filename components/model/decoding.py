@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from components.model.head import item_rows
+
 
 @dataclass(frozen=True)
 class PrefixTrie:
@@ -544,3 +546,49 @@ def sequence_log_probs(
     ).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
     return continuation_log_probs(logp, continuations.to(device), code_levels(model)).sum(dim=1)
+
+
+@torch.no_grad()
+def item_log_probs(
+    model: torch.nn.Module, prompts: list[list[int]], pad_id: int = 0
+) -> torch.Tensor:
+    """float [n_prompts, n_items]: every item's log-softmax over the model's item rows
+    (`model.item_inputs`), scored by the final hidden state at each prompt's last token, the
+    position that predicts the next item's first code (what `train.item_loss` trains).
+    Decoder-only models only (the tiny Llama)."""
+    rows = item_rows(model)
+    if rows is None or is_encoder_decoder(model):
+        raise ValueError(
+            "item-row scores need a decoder-only model with item input rows "
+            "(model.item_inputs true, model.architecture llama)"
+        )
+    device = next(model.parameters()).device
+    ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.as_tensor(p)
+    last = torch.as_tensor([len(p) - 1 for p in prompts])
+    # right padding, causal attention: a real token never attends to the padding after it
+    hidden = _base_model(model).model(input_ids=ids.to(device)).last_hidden_state
+    weight = model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
+    scores = hidden[torch.arange(len(prompts)), last.to(device)].float() @ weight.float().T
+    return torch.log_softmax(scores, -1)
+
+
+def rescore_with_item_rows(
+    result: BeamResult, item_logp: torch.Tensor, weight: float, top_k: int
+) -> BeamResult:
+    """The beam's leaves re-ranked by identifier log-probability + `weight` x item-row
+    log-probability (`item_log_probs`; `evaluate.item_weight`): the generative search's
+    shortlist, re-scored. The top `top_k`, the combined score as `scores`; -1 / -inf where
+    the beam had fewer leaves. A stable sort: weight 0 keeps the beam's order."""
+    leaves = result.leaves
+    combined = result.scores.float() + weight * item_logp.gather(1, leaves.clamp(min=0))
+    combined = combined.masked_fill(leaves < 0, -torch.inf)
+    order = combined.argsort(dim=1, descending=True, stable=True)[:, :top_k]
+    scores = combined.gather(1, order)
+    return BeamResult(
+        codes=result.codes.gather(1, order[..., None].expand(-1, -1, result.codes.shape[2])),
+        scores=scores,
+        leaves=leaves.gather(1, order).masked_fill(scores == -torch.inf, -1),
+        given=result.given,
+    )

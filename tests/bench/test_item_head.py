@@ -56,6 +56,9 @@ def test_three_rankings_of_one_model(item_head, tmp_path: Path, monkeypatch, cap
         assert got[split]["identifiers"] == want  # the product's own ranking
         # weight 0: the beam's order again (its shortlist re-ranked by its own scores)
         assert got[split]["both, w=0"] == want
+        # weight 1: what evaluation ranks with evaluate.item_weight 1
+        rescored = params.evaluate.model_copy(update={"item_weight": 1.0})
+        assert got[split]["both, w=1"] == evaluate_model(rec, dataset, codes, rescored, split)[0]
         data = dataset.eval_split(split)
         brute = _brute_force_item_ranking(rec, codes, data, params.evaluate.top_k)
         assert got[split]["item rows"] == evaluate_ranking(brute, data)

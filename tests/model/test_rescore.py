@@ -1,0 +1,130 @@
+"""`evaluate.item_weight`: the beam's leaves re-scored by the item rows, in evaluation and
+serving alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import EvaluateConfig, Params
+from components.data.dataset import EvalSplit
+from components.evaluation import recommend_generative, seen_mask
+from components.model.decoding import (
+    PrefixTrie,
+    constrained_beam_search,
+    item_log_probs,
+    rescore_with_item_rows,
+)
+from components.model.head import item_rows
+from components.paths import MODEL_DIR, TOKEN_MAP_FILE
+from components.serving import SERVING_CONFIG, Recommender, ServingConfig
+from components.tokenizers.token_map import TokenMap
+from tests.model.test_item_inputs import N_ITEMS, _codes, _rec
+from tests.serving.conftest import make_bundle
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HISTORIES = [np.array([3, 7, 1]), np.array([0]), np.array([9, 4, 6, 8, 10, 2]), np.array([5, 11])]
+
+
+def _split() -> EvalSplit:
+    return EvalSplit(
+        user_ids=[str(i) for i in range(len(HISTORIES))],
+        histories=HISTORIES,
+        targets=np.array([2, 5, 3, 0]),
+        seen=[np.unique(h) for h in HISTORIES],
+    )
+
+
+def test_item_scores_of_a_padded_batch_are_each_prompts_own() -> None:
+    rec = _rec(in_head="training")
+    rec.model.eval()
+    prompts = [rec.prompt_builder(_codes()).seqrec_prompt(h) for h in HISTORIES]
+    batched = item_log_probs(rec.model, prompts, rec.tokenizer.pad_token_id or 0)
+    rows = item_rows(rec.model)
+    weight = rec.model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            last = rec.model.model(input_ids=torch.tensor([p])).last_hidden_state[0, -1]
+            torch.testing.assert_close(batched[i], torch.log_softmax(last @ weight.T, -1))
+    assert batched.shape == (len(HISTORIES), N_ITEMS)
+    with pytest.raises(ValueError, match="item input rows"):
+        plain = _rec(item_inputs=False)
+        item_log_probs(plain.model, prompts[:1])
+
+
+def _one_user(rec, codes, history, seen, cfg: EvaluateConfig) -> list[int]:
+    """One user alone (no batch, no padding): the beam's leaves, re-ranked by hand."""
+    prompt = rec.prompt_builder(codes).seqrec_prompt(history)
+    beam = constrained_beam_search(
+        rec.model,
+        [prompt],
+        rec.code_token_ids,
+        PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=cfg.beam_size,
+        top_k=cfg.beam_size,
+        pad_id=rec.tokenizer.pad_token_id or 0,
+        exclude=seen_mask([seen], len(codes)),
+    )
+    logp = item_log_probs(rec.model, [prompt])[0]
+    leaves = [int(x) for x in beam.leaves[0] if x >= 0]
+    combined = {
+        item: float(beam.scores[0, j]) + cfg.item_weight * float(logp[item])
+        for j, item in enumerate(leaves)
+    }
+    return sorted(leaves, key=lambda item: -combined[item])[: cfg.top_k]
+
+
+def test_evaluation_ranks_the_shortlist_by_both_scores() -> None:
+    rec, codes = _rec(in_head="training"), _codes()
+    cfg = EvaluateConfig(beam_size=6, top_k=3, batch_size=3, item_weight=2.0)
+    ranked = recommend_generative(rec, codes, _split(), cfg)
+    for row, (h, seen) in enumerate(zip(HISTORIES, _split().seen, strict=True)):
+        assert ranked[row].tolist() == _one_user(rec, codes, h, seen, cfg)
+        assert not set(ranked[row].tolist()) & set(seen.tolist())
+    plain = recommend_generative(rec, codes, _split(), cfg.model_copy(update={"item_weight": 0}))
+    assert not np.array_equal(ranked, plain)  # the item rows changed some ranking
+
+
+def test_weight_zero_keeps_the_beams_order() -> None:
+    rec, codes = _rec(in_head="training"), _codes()
+    prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES]
+    beam = constrained_beam_search(
+        rec.model,
+        prompts,
+        rec.code_token_ids,
+        PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=6,
+        top_k=6,
+    )
+    same = rescore_with_item_rows(beam, item_log_probs(rec.model, prompts), 0.0, 3)
+    assert torch.equal(same.leaves, beam.leaves[:, :3])
+    assert torch.equal(same.codes, beam.codes[:, :3])
+
+
+def test_serving_answers_as_evaluation_ranks(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    ServingConfig(default_k=3, beam_size=6, max_history=8, item_weight=2.0).write(
+        bundle / SERVING_CONFIG
+    )
+    assert ServingConfig.read(bundle / SERVING_CONFIG).item_weight == 2.0
+    served = Recommender.from_bundle(bundle)
+    loaded = Recommender.load(bundle / MODEL_DIR, bundle / TOKEN_MAP_FILE, ServingConfig())
+    rec = loaded.rec  # the bundle's model, decoded one user at a time below
+    token_map = TokenMap.load(bundle / TOKEN_MAP_FILE)
+    cfg = EvaluateConfig(beam_size=6, top_k=3, item_weight=2.0)
+    histories = [[1, 4, 7], [], [2]]
+    answers = served.recommend([[token_map.item_ids[i] for i in h] for h in histories], [3] * 3)
+    for h, answer in zip(histories, answers, strict=True):
+        want = _one_user(rec, token_map.codes, np.array(h, dtype=np.int64), np.array(h), cfg)
+        assert answer["item_ids"] == [token_map.item_ids[i] for i in want]
+        assert answer["scores"] == sorted(answer["scores"], reverse=True)
+
+
+def test_it_needs_item_rows() -> None:
+    with pytest.raises(ValueError, match="evaluate.item_weight"):
+        Params.model_validate({"evaluate": {"item_weight": 1.0}, "model": {"item_inputs": False}})
+    Params.model_validate({"evaluate": {"item_weight": 1.0}, "train": {"item_loss": 1.0}})
