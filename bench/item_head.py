@@ -10,7 +10,8 @@ row. This takes each run's selected model (bench/.runs/<tag>-s<seed>-<model>/art
 models/<kind>/, left by siit_vs_static.py) and its token map, and ranks the validation and
 test users, with the run's own evaluate settings (seen items excluded, beam, top-k):
 
-- `identifiers`: the constrained beam search, as evaluation ranks (the product's ranking);
+- `identifiers`: the constrained beam search's own order (evaluation's with
+  `evaluate.item_weight` 0);
 - `item rows`: every item by its row's log-softmax at the prompt's last position;
 - `both, w`: the beam's `evaluate.beam_size` leaves re-ranked by their identifier
   log-probability plus w times their item rows' log-probability (a generative shortlist,

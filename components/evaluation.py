@@ -43,6 +43,7 @@ def recommend_generative(
         constrained_beam_search,
         item_log_probs,
         rescore_with_item_rows,
+        scores_item_rows,
     )
 
     rec.model.eval()
@@ -51,6 +52,8 @@ def recommend_generative(
     all_prompts = [prompts.seqrec_prompt(h) for h in split.histories]
     order = np.argsort([len(p) for p in all_prompts], kind="stable")  # similar lengths together
     ranked = np.full((len(all_prompts), cfg.top_k), -1, dtype=np.int64)
+    # evaluate.item_weight: models without item rows to score (T5, pretrained) ignore it
+    weight = cfg.item_weight if scores_item_rows(rec.model) else 0.0
     for start in progress(range(0, len(order), cfg.batch_size), desc="decode", unit="batch"):
         rows = order[start : start + cfg.batch_size]
         exclude = (
@@ -67,13 +70,13 @@ def recommend_generative(
             trie,
             beam_size=cfg.beam_size,
             # evaluate.item_weight: the whole beam is the shortlist the item rows re-score
-            top_k=cfg.beam_size if cfg.item_weight else cfg.top_k,
+            top_k=cfg.beam_size if weight else cfg.top_k,
             pad_id=pad,
             exclude=exclude,
         )
-        if cfg.item_weight:
+        if weight:
             scores = item_log_probs(rec.model, prompts_now, pad)
-            result = rescore_with_item_rows(result, scores, cfg.item_weight, cfg.top_k)
+            result = rescore_with_item_rows(result, scores, weight, cfg.top_k)
         ranked[rows, : result.leaves.shape[1]] = result.leaves.cpu().numpy()
     return ranked
 

@@ -239,6 +239,7 @@ class Recommender:
             constrained_beam_search,
             item_log_probs,
             rescore_with_item_rows,
+            scores_item_rows,
         )
 
         device = self.rec.device
@@ -248,7 +249,7 @@ class Recommender:
             if len(h):
                 exclude[row, torch.as_tensor(h, device=device)] = True
         pad = self.rec.tokenizer.pad_token_id or 0
-        weight = self.config.item_weight
+        weight = self.config.item_weight if scores_item_rows(self.rec.model) else 0.0
         with torch.inference_mode():
             result = constrained_beam_search(
                 self.rec.model,

@@ -548,6 +548,13 @@ def sequence_log_probs(
     return continuation_log_probs(logp, continuations.to(device), code_levels(model)).sum(dim=1)
 
 
+def scores_item_rows(model: torch.nn.Module) -> bool:
+    """Whether the model's final hidden state can score its item rows (`item_log_probs`,
+    `train.item_loss`, `evaluate.item_weight`): a decoder-only model with item input rows.
+    Other models (T5, the pretrained profile, no item inputs) ignore those settings."""
+    return item_rows(model) is not None and not is_encoder_decoder(model)
+
+
 @torch.no_grad()
 def item_log_probs(
     model: torch.nn.Module, prompts: list[list[int]], pad_id: int = 0
@@ -557,7 +564,7 @@ def item_log_probs(
     position that predicts the next item's first code (what `train.item_loss` trains).
     Decoder-only models only (the tiny Llama)."""
     rows = item_rows(model)
-    if rows is None or is_encoder_decoder(model):
+    if not scores_item_rows(model):
         raise ValueError(
             "item-row scores need a decoder-only model with item input rows "
             "(model.item_inputs true, model.architecture llama)"

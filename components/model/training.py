@@ -43,7 +43,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
-from components.model.decoding import CodeLevels, code_levels, is_encoder_decoder
+from components.model.decoding import (
+    CodeLevels,
+    code_levels,
+    is_encoder_decoder,
+    scores_item_rows,
+)
 from components.model.head import ItemRows, item_rows, output_weight
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.progress import progress
@@ -770,7 +775,9 @@ class Trainer:
         # `precision` (else train.precision; its 'auto' decides by SIIT_TRAIN_PRECISION or device)
         self.precision = training_precision(device, precision or cfg.precision)
         self.data_parallel = distributed.setup(device)
-        self._loss: torch.nn.Module = _ResponseLossModule(model, cfg.item_loss)
+        # train.item_loss: models without item rows to score (T5, pretrained) ignore it
+        item_weight = cfg.item_loss if scores_item_rows(model) else 0.0
+        self._loss: torch.nn.Module = _ResponseLossModule(model, item_weight)
         if self.data_parallel:
             device_ids = None
             if device.type == "cuda":  # one GPU per rank

@@ -52,8 +52,9 @@ def test_three_rankings_of_one_model(item_head, tmp_path: Path, monkeypatch, cap
     codes = TokenMap.load(models / "token_map.parquet").codes
     dataset = Dataset.read(work / "data/processed")
     for split in ("valid", "test"):
-        want, _ = evaluate_model(rec, dataset, codes, params.evaluate, split)
-        assert got[split]["identifiers"] == want  # the product's own ranking
+        beam_order = params.evaluate.model_copy(update={"item_weight": 0.0})
+        want, _ = evaluate_model(rec, dataset, codes, beam_order, split)
+        assert got[split]["identifiers"] == want  # the beam's own ranking
         # weight 0: the beam's order again (its shortlist re-ranked by its own scores)
         assert got[split]["both, w=0"] == want
         # weight 1: what evaluation ranks with evaluate.item_weight 1

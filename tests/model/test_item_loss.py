@@ -99,15 +99,15 @@ def test_training_on_it_ranks_the_next_item_higher() -> None:
     assert item_ce() < 0.5 * before
 
 
-def test_it_needs_item_inputs_on_the_tiny_llama() -> None:
-    with pytest.raises(ValueError, match="train.item_loss"):
-        Params.model_validate({"train": {"item_loss": 1.0}, "model": {"item_inputs": False}})
-    with pytest.raises(ValueError, match="train.item_loss"):
-        Params.model_validate({"train": {"item_loss": 1.0}, "model": {"architecture": "t5"}})
-    Params.model_validate({"train": {"item_loss": 1.0}})  # the defaults have item inputs
-    plain = _rec(item_inputs=False)
-    with pytest.raises(ValueError, match="train.item_loss"):
-        response_loss(plain.model, _batch(plain), item_weight=1.0)
-    t5 = _rec(arch="t5")
-    with pytest.raises(ValueError, match="train.item_loss"):
-        response_loss(t5.model, _batch(t5), item_weight=1.0)
+def test_models_without_item_rows_to_score_ignore_it() -> None:
+    """The defaults train with it; T5 and models without item inputs train without it (as
+    they ignore model.residual_dropout), while a direct call asking for it is refused."""
+    assert TrainConfig().item_loss > 0
+    Params.model_validate({"model": {"item_inputs": False}})
+    Params.model_validate({"model": {"architecture": "t5"}})
+    for rec in (_rec(item_inputs=False), _rec(arch="t5")):
+        trainer = Trainer(rec.model, TrainConfig(item_loss=1.0), steps_per_epoch=1, total_epochs=1)
+        assert trainer._loss.item_weight == 0.0
+        with pytest.raises(ValueError, match="train.item_loss"):
+            response_loss(rec.model, _batch(rec), item_weight=1.0)
+    assert Trainer(_rec().model, TrainConfig(), 1, 1)._loss.item_weight == TrainConfig().item_loss

@@ -124,7 +124,12 @@ def test_serving_answers_as_evaluation_ranks(tmp_path: Path) -> None:
         assert answer["scores"] == sorted(answer["scores"], reverse=True)
 
 
-def test_it_needs_item_rows() -> None:
-    with pytest.raises(ValueError, match="evaluate.item_weight"):
-        Params.model_validate({"evaluate": {"item_weight": 1.0}, "model": {"item_inputs": False}})
-    Params.model_validate({"evaluate": {"item_weight": 1.0}, "train": {"item_loss": 1.0}})
+def test_models_without_item_rows_rank_by_the_beam_alone() -> None:
+    """evaluate.item_weight is ignored where there are no item rows to score (as for T5)."""
+    Params.model_validate({"model": {"item_inputs": False}})
+    plain, codes = _rec(item_inputs=False), _codes()
+    cfg = EvaluateConfig(beam_size=6, top_k=3, item_weight=5.0)
+    np.testing.assert_array_equal(
+        recommend_generative(plain, codes, _split(), cfg),
+        recommend_generative(plain, codes, _split(), cfg.model_copy(update={"item_weight": 0})),
+    )
