@@ -37,6 +37,7 @@ import argparse  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from compare_runs import load_group  # noqa: E402
+from decode_head import average  # noqa: E402
 
 from components.config import load_params  # noqa: E402
 from components.data.dataset import Dataset  # noqa: E402
@@ -50,8 +51,6 @@ from components.model.decoding import (  # noqa: E402
 from components.model.head import item_rows  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
 from components.tokenizers.token_map import TokenMap  # noqa: E402
-
-METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
 def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
@@ -105,10 +104,6 @@ def rank_all(work: Path, kind: str, weights: list[float], batch: int = 128) -> d
         ranked["item rows"] = np.concatenate(item_rank)
         out[split] = {name: evaluate_ranking(r, data) for name, r in ranked.items()}
     return out
-
-
-def average(metrics: dict[str, float]) -> float:
-    return float(np.mean([metrics[m] for m in METRICS]))
 
 
 def main() -> None:
