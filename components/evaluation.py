@@ -38,13 +38,7 @@ def recommend_generative(
 ) -> np.ndarray:
     """Top-k item indices per user by trie-constrained beam search: int [n_users, k], -1 pads.
     With `evaluate.item_weight` the beam's leaves re-scored by the item rows as well."""
-    from components.model.decoding import (
-        PrefixTrie,
-        constrained_beam_search,
-        item_log_probs,
-        rescore_with_item_rows,
-        scores_item_rows,
-    )
+    from components.model.decoding import PrefixTrie, rescored_beam_search
 
     rec.model.eval()
     prompts = rec.prompt_builder(codes)
@@ -52,8 +46,6 @@ def recommend_generative(
     all_prompts = [prompts.seqrec_prompt(h) for h in split.histories]
     order = np.argsort([len(p) for p in all_prompts], kind="stable")  # similar lengths together
     ranked = np.full((len(all_prompts), cfg.top_k), -1, dtype=np.int64)
-    # evaluate.item_weight: models without item rows to score (T5, pretrained) ignore it
-    weight = cfg.item_weight if scores_item_rows(rec.model) else 0.0
     for start in progress(range(0, len(order), cfg.batch_size), desc="decode", unit="batch"):
         rows = order[start : start + cfg.batch_size]
         exclude = (
@@ -61,22 +53,17 @@ def recommend_generative(
             if cfg.exclude_seen
             else None
         )
-        prompts_now = [all_prompts[r] for r in rows]
-        pad = rec.tokenizer.pad_token_id or 0
-        result = constrained_beam_search(
+        result = rescored_beam_search(
             rec.model,
-            prompts_now,
+            [all_prompts[r] for r in rows],
             rec.code_token_ids,
             trie,
             beam_size=cfg.beam_size,
-            # evaluate.item_weight: the whole beam is the shortlist the item rows re-score
-            top_k=cfg.beam_size if weight else cfg.top_k,
-            pad_id=pad,
+            top_k=cfg.top_k,
+            pad_id=rec.tokenizer.pad_token_id or 0,
             exclude=exclude,
+            item_weight=cfg.item_weight,
         )
-        if weight:
-            scores = item_log_probs(rec.model, prompts_now, pad)
-            result = rescore_with_item_rows(result, scores, weight, cfg.top_k)
         ranked[rows, : result.leaves.shape[1]] = result.leaves.cpu().numpy()
     return ranked
 

@@ -235,12 +235,7 @@ class Recommender:
     ) -> tuple[list[list[int]], list[list[float]]]:
         import torch
 
-        from components.model.decoding import (
-            constrained_beam_search,
-            item_log_probs,
-            rescore_with_item_rows,
-            scores_item_rows,
-        )
+        from components.model.decoding import rescored_beam_search
 
         device = self.rec.device
         prompts = [self.prompts.seqrec_prompt(h[-self.config.max_history :]) for h in histories]
@@ -248,22 +243,18 @@ class Recommender:
         for row, h in enumerate(histories):
             if len(h):
                 exclude[row, torch.as_tensor(h, device=device)] = True
-        pad = self.rec.tokenizer.pad_token_id or 0
-        weight = self.config.item_weight if scores_item_rows(self.rec.model) else 0.0
         with torch.inference_mode():
-            result = constrained_beam_search(
+            result = rescored_beam_search(
                 self.rec.model,
                 prompts,
                 self.rec.code_token_ids,
                 self.trie,
                 beam_size=width,
-                top_k=width if weight else k,  # item_weight: the whole beam is the shortlist
-                pad_id=pad,
+                top_k=k,
+                pad_id=self.rec.tokenizer.pad_token_id or 0,
                 exclude=exclude,
+                item_weight=self.config.item_weight,
             )
-            if weight:
-                scores = item_log_probs(self.rec.model, prompts, pad)
-                result = rescore_with_item_rows(result, scores, weight, k)
         leaves = result.leaves.cpu().numpy()
         scores = result.scores.float().cpu().numpy()
         items, out_scores = [], []

@@ -599,3 +599,33 @@ def rescore_with_item_rows(
         leaves=leaves.gather(1, order).masked_fill(scores == -torch.inf, -1),
         given=result.given,
     )
+
+
+def rescored_beam_search(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    code_token_ids: list[torch.Tensor],
+    trie: PrefixTrie,
+    beam_size: int,
+    top_k: int,
+    pad_id: int = 0,
+    exclude: torch.Tensor | None = None,
+    item_weight: float = 0.0,
+) -> BeamResult:
+    """`constrained_beam_search`'s top `top_k`, or with `item_weight` > 0 (`evaluate.item_weight`)
+    its whole beam re-ranked by `rescore_with_item_rows`: what evaluation and serving rank.
+    Models without item rows to score (`scores_item_rows`) ignore the weight."""
+    weight = item_weight if scores_item_rows(model) else 0.0
+    result = constrained_beam_search(
+        model,
+        prompts,
+        code_token_ids,
+        trie,
+        beam_size=beam_size,
+        top_k=beam_size if weight else top_k,  # the whole beam is the shortlist
+        pad_id=pad_id,
+        exclude=exclude,
+    )
+    if not weight:
+        return result
+    return rescore_with_item_rows(result, item_log_probs(model, prompts, pad_id), weight, top_k)
