@@ -4,6 +4,7 @@
     python bench/decode.py --items 1682 --users 64  # a quicker run
     python bench/decode.py --device cuda
     python bench/decode.py --item-rows-in-head true # decode over the item rows too
+    python bench/decode.py --item-weight 0          # no re-scored column
 
 Both decoders run the same tiny Llama (the `model` section of params.yaml, random init) on
 the same catalogue (random unique 3-level identifiers, codebook 256) and the same prompts
@@ -38,7 +39,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from components.config import ModelConfig, load_params  # noqa: E402
-from components.model.decoding import PrefixTrie, constrained_beam_search  # noqa: E402
+from components.model.decoding import (  # noqa: E402
+    PrefixTrie,
+    constrained_beam_search,
+    rescored_beam_search,
+    scores_item_rows,
+)
 from components.model.recommender import GenerativeRecommender  # noqa: E402
 
 LEVELS = 3
@@ -119,6 +125,28 @@ def trie_decoder(rec: GenerativeRecommender, codes: np.ndarray, beam: int, top_k
     return decode
 
 
+def rescored_decoder(
+    rec: GenerativeRecommender, codes: np.ndarray, beam: int, top_k: int, weight: float
+):
+    """Evaluation's and serving's ranking: the beam's leaves re-scored by the item rows."""
+    trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)
+
+    def decode(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        result = rescored_beam_search(
+            rec.model,
+            batch,
+            rec.code_token_ids,
+            trie,
+            beam_size=beam,
+            top_k=top_k,
+            pad_id=rec.tokenizer.pad_token_id or 0,
+            item_weight=weight,
+        )
+        return result.leaves.cpu().numpy(), result.scores.cpu().numpy()
+
+    return decode
+
+
 def generate_decoder(rec: GenerativeRecommender, codes: np.ndarray, beam: int, top_k: int):
     """LC-Rec style: a dict from generated prefix to allowed next tokens, masks built per beam."""
     tokens = rec.item_tokens(codes)
@@ -173,17 +201,17 @@ def bench_catalogue(
     prompts_of = rec.prompt_builder(codes)
     histories = [rng.choice(n_items, HISTORY, replace=False) for _ in range(args.users)]
     prompts = [prompts_of.seqrec_prompt(h) for h in histories]
-    result = run_interleaved(
-        {
-            "ours": trie_decoder(rec, codes, args.beam, args.top_k),
-            "generate": generate_decoder(rec, codes, args.beam, args.top_k),
-        },
-        prompts,
-        args.batch_size,
-        device,
-    )
+    decoders = {
+        "ours": trie_decoder(rec, codes, args.beam, args.top_k),
+        "generate": generate_decoder(rec, codes, args.beam, args.top_k),
+    }
+    rescored = args.item_weight > 0 and scores_item_rows(rec.model)
+    if rescored:
+        decoders["rescored"] = rescored_decoder(rec, codes, args.beam, args.top_k, args.item_weight)
+    result = run_interleaved(decoders, prompts, args.batch_size, device)
     ours, theirs = result["ours"], result["generate"]
     return {
+        "rescored": args.users / result["rescored"].seconds if rescored else None,
         "items": n_items,
         "users": args.users,
         "identical": int((ours.items == theirs.items).all(axis=1).sum()),
@@ -212,12 +240,19 @@ def main() -> int:
         help="model.item_inputs_in_head (default: params.yaml's); decoding reads the item "
         "input rows with true only",
     )
+    parser.add_argument(
+        "--item-weight",
+        type=float,
+        help="evaluate.item_weight of the re-scored decoder (default: params.yaml's; 0: none)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     params = load_params(ROOT / "params.yaml")
     args.batch_size = args.batch_size or params.evaluate.batch_size
+    if args.item_weight is None:
+        args.item_weight = params.evaluate.item_weight
 
     cfg = params.model
     if args.item_rows_in_head is not None:
@@ -238,15 +273,18 @@ def main() -> int:
         f"top {args.top_k}, codebook {args.codebook}, {LEVELS} levels, {HISTORY}-item histories, "
         f"batch {args.batch_size} users; {head}\n"
     )
+    rescored = any(r["rescored"] is not None for r in rows)
+    extra = f" | re-scored, item_weight {args.item_weight:g} (users/s)" if rescored else ""
     print(
         "| items | identical top-k | max score gap | trie search (users/s) "
-        "| generate (users/s) | speed-up |"
+        f"| generate (users/s) | speed-up{extra} |"
     )
-    print("|---|---|---|---|---|---|")
+    print(f"|---|---|---|---|---|---|{'---|' if rescored else ''}")
     for r in rows:
+        cell = f" {r['rescored']:.1f} |" if rescored else ""
         print(
             f"| {r['items']:,} | {r['identical']}/{r['users']} users | {r['score_gap']:.1e} "
-            f"| {r['ours']:.1f} | {r['generate']:.1f} | {r['ours'] / r['generate']:.1f}x |"
+            f"| {r['ours']:.1f} | {r['generate']:.1f} | {r['ours'] / r['generate']:.1f}x |{cell}"
         )
     return 0 if all(r["identical"] == r["users"] for r in rows) else 1
 

@@ -92,6 +92,9 @@ class BeamResult:
     )  # float [batch, k]: summed log-probabilities, -inf where fewer than k exist
     leaves: torch.Tensor  # long [batch, k]: item index for a trie of items, -1 where absent
     given: torch.Tensor | None = None  # float [n_prompts]: log-prob of `score_tokens`, per prompt
+    # float [n_prompts, hidden]: the final hidden state at each prompt's last token, where the
+    # search computed it (a Llama whose beams share their prompt); else None
+    prompt_hidden: torch.Tensor | None = None
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -181,16 +184,24 @@ class _CausalSteps:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         # Equal-length prompts need no mask, which keeps SDPA on its fast causal path.
         self.padded = bool((lengths != width_t).any())
-        out = model(
+        logits, self.cache = self._prompt_pass(
+            input_ids, attention if self.padded else None, positions
+        )
+        self.logp = torch.log_softmax(logits.float(), dim=-1)
+        self.attention, self.next_pos = attention, lengths.clone()
+
+    def _prompt_pass(
+        self, input_ids: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, object]:
+        """The prompts' forward: the next-token logits [prompts, vocab] and the KV cache."""
+        out = self.model(
             input_ids=input_ids,
-            attention_mask=attention if self.padded else None,
+            attention_mask=attention,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
         )
-        self.logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        self.cache = _output_cache(out)
-        self.attention, self.next_pos = attention, lengths.clone()
+        return out.logits[:, -1], _output_cache(out)
 
     def repeat(self, width: int) -> None:
         """One beam per prompt so far: repeat each row `width` times."""
@@ -233,8 +244,8 @@ class _SharedPromptSteps(_CausalSteps):
     """
 
     def __init__(self, model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> None:
-        super().__init__(model, prompts, pad_id)
         self.base = _base_model(model)
+        super().__init__(model, prompts, pad_id)
         layers = self.cache.layers
         self.prompt_k = [layer.keys for layer in layers]  # [P, Hkv, T, d] (rotary applied)
         self.prompt_v = [layer.values for layer in layers]
@@ -248,6 +259,18 @@ class _SharedPromptSteps(_CausalSteps):
         self.n_prompts = len(prompts)
         self.prompt_logp, self.prompt_end = self.logp, self.next_pos.clone()
         self._start_beams()
+
+    def _prompt_pass(
+        self, input_ids: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, object]:
+        """As the model's forward computes it (its decoder, then its head on the last
+        position), keeping the final hidden state at each prompt's last token
+        (`prompt_hidden`), which the item rows' re-scoring reads (`rescored_beam_search`)."""
+        out = self.base.model(
+            input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True
+        )
+        self.prompt_hidden = out.last_hidden_state[:, -1]
+        return self.base.lm_head(self.prompt_hidden), _output_cache(out)
 
     def _start_beams(self) -> None:
         self.width, self.next_pos = 1, self.prompt_end.clone()
@@ -509,7 +532,13 @@ def constrained_beam_search(
             if isinstance(steps, _SharedPromptSteps)
             else sequence_log_probs(model, prompts, score_tokens, pad_id)
         )
-    return BeamResult(codes=codes, scores=scores, leaves=leaves, given=given)
+    return BeamResult(
+        codes=codes,
+        scores=scores,
+        leaves=leaves,
+        given=given,
+        prompt_hidden=getattr(steps, "prompt_hidden", None),
+    )
 
 
 @torch.no_grad()
@@ -563,12 +592,7 @@ def item_log_probs(
     (`model.item_inputs`), scored by the final hidden state at each prompt's last token, the
     position that predicts the next item's first code (what `train.item_loss` trains).
     Decoder-only models only (the tiny Llama)."""
-    rows = item_rows(model)
-    if not scores_item_rows(model):
-        raise ValueError(
-            "item-row scores need a decoder-only model with item input rows "
-            "(model.item_inputs true, model.architecture llama)"
-        )
+    _check_item_rows(model)
     device = next(model.parameters()).device
     ids = torch.full((len(prompts), max(len(p) for p in prompts)), pad_id, dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -576,9 +600,25 @@ def item_log_probs(
     last = torch.as_tensor([len(p) - 1 for p in prompts])
     # right padding, causal attention: a real token never attends to the padding after it
     hidden = _base_model(model).model(input_ids=ids.to(device)).last_hidden_state
+    return item_log_probs_of(model, hidden[torch.arange(len(prompts)), last.to(device)])
+
+
+def _check_item_rows(model: torch.nn.Module) -> None:
+    if not scores_item_rows(model):
+        raise ValueError(
+            "item-row scores need a decoder-only model with item input rows "
+            "(model.item_inputs true, model.architecture llama)"
+        )
+
+
+@torch.no_grad()
+def item_log_probs_of(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """`item_log_probs` from final hidden states already computed (float [n, hidden]), e.g.
+    the beam search's own (`BeamResult.prompt_hidden`)."""
+    _check_item_rows(model)
+    rows = item_rows(model)
     weight = model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
-    scores = hidden[torch.arange(len(prompts)), last.to(device)].float() @ weight.float().T
-    return torch.log_softmax(scores, -1)
+    return torch.log_softmax(hidden.float() @ weight.float().T, -1)
 
 
 def rescore_with_item_rows(
@@ -628,4 +668,15 @@ def rescored_beam_search(
     )
     if not weight:
         return result
-    return rescore_with_item_rows(result, item_log_probs(model, prompts, pad_id), weight, top_k)
+    items = search_item_log_probs(model, result, prompts, pad_id)
+    return rescore_with_item_rows(result, items, weight, top_k)
+
+
+def search_item_log_probs(
+    model: torch.nn.Module, result: BeamResult, prompts: list[list[int]], pad_id: int = 0
+) -> torch.Tensor:
+    """`item_log_probs` of a search's prompts: from the hidden states its own pass over them
+    kept (`BeamResult.prompt_hidden`), else by a pass of their own."""
+    if result.prompt_hidden is not None:
+        return item_log_probs_of(model, result.prompt_hidden)
+    return item_log_probs(model, prompts, pad_id)

@@ -78,3 +78,58 @@ def test_a_model_without_item_rows_is_refused(item_head, tmp_path: Path) -> None
     _run(work, item_inputs=False)
     with pytest.raises(SystemExit, match="no item rows"):
         item_head.rank_all(work, "siit", weights=[1.0])
+
+
+def test_headroom_scores_the_item_rows_shortlist_as_the_beam_does(
+    item_head, tmp_path: Path
+) -> None:
+    """--headroom: the item rows' own shortlist is scored by its identifiers' log-probability,
+    the same figure the beam search gives the items both shortlists hold."""
+    torch.set_num_threads(1)
+    work = tmp_path / "h-s1-siit"
+    params = _run(work, item_inputs_in_head="training")
+    got = item_head.rank_all(work, "siit", weights=[1.0], headroom=True)
+    models = work / "artifacts/models/siit"
+    rec = GenerativeRecommender.load(models / "model", device=torch.device("cpu"))
+    rec.model.eval()
+    codes = TokenMap.load(models / "token_map.parquet").codes
+    data = Dataset.read(work / "data/processed").eval_split("valid")
+    cfg = params.evaluate
+    builder = rec.prompt_builder(codes)
+    prompts = [builder.seqrec_prompt(h) for h in data.histories]
+    seen = item_head.seen_mask(data.seen, len(codes))
+    beam = item_head.constrained_beam_search(
+        rec.model,
+        prompts,
+        rec.code_token_ids,
+        item_head.PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=cfg.beam_size,
+        top_k=cfg.beam_size,
+        pad_id=rec.tokenizer.pad_token_id or 0,
+        exclude=seen,
+    )
+    items = item_head.search_item_log_probs(
+        rec.model, beam, prompts, rec.tokenizer.pad_token_id or 0
+    )
+    items = items.masked_fill(seen, -torch.inf)
+    own = item_head.rows_shortlist(rec, prompts, items, codes, cfg.beam_size)
+    brute = _brute_force_item_ranking(rec, codes, data, cfg.beam_size)
+    assert (own.leaves.numpy() == brute).all()  # the item rows' own favourites, seen excluded
+    shared = 0
+    for u in range(len(prompts)):
+        beam_score = dict(zip(beam.leaves[u].tolist(), beam.scores[u].tolist(), strict=True))
+        for item, score in zip(own.leaves[u].tolist(), own.scores[u].tolist(), strict=True):
+            if item in beam_score:
+                assert score == pytest.approx(beam_score[item], abs=1e-4)
+                shared += 1
+    assert shared > 0
+    recall = got["valid"]["recall"]
+    assert recall["shortlist"] == pytest.approx(
+        np.mean([t in row for t, row in zip(data.targets, beam.leaves.tolist(), strict=True)])
+    )
+    assert recall["rows' shortlist"] == pytest.approx(
+        np.mean([t in row for t, row in zip(data.targets, brute.tolist(), strict=True)])
+    )
+    # a huge weight ranks the rows' shortlist by the item rows alone
+    again = item_head.rank_all(work, "siit", weights=[1e6], headroom=True)
+    assert again["valid"]["rows' shortlist, w=1e+06"] == again["valid"]["item rows"]

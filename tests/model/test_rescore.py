@@ -17,6 +17,7 @@ from components.model.decoding import (
     constrained_beam_search,
     item_log_probs,
     rescore_with_item_rows,
+    search_item_log_probs,
 )
 from components.model.head import item_rows
 from components.paths import MODEL_DIR, TOKEN_MAP_FILE
@@ -54,6 +55,35 @@ def test_item_scores_of_a_padded_batch_are_each_prompts_own() -> None:
     with pytest.raises(ValueError, match="item input rows"):
         plain = _rec(item_inputs=False)
         item_log_probs(plain.model, prompts[:1])
+
+
+def test_the_search_keeps_its_prompts_hidden_states_for_the_item_rows() -> None:
+    """The re-scoring reads the hidden states the beam search's own pass over the (left-padded)
+    prompts computed: the same item scores as a pass of their own, one prompt at a time."""
+    rec, codes = _rec(in_head="training"), _codes()
+    rec.model.eval()
+    prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES]
+    search = dict(
+        model=rec.model,
+        prompts=prompts,
+        code_token_ids=rec.code_token_ids,
+        trie=PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=6,
+        top_k=6,
+        pad_id=rec.tokenizer.pad_token_id or 0,
+    )
+    shared = constrained_beam_search(**search)
+    assert shared.prompt_hidden is not None and len(shared.prompt_hidden) == len(prompts)
+    kept = search_item_log_probs(rec.model, shared, prompts, search["pad_id"])
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(kept[i], item_log_probs(rec.model, [p])[0])
+    # transformers' cache path keeps no hidden states: the re-scoring makes its own pass
+    stock = constrained_beam_search(**search, shared_prompt=False)
+    assert stock.prompt_hidden is None
+    assert torch.equal(stock.leaves, shared.leaves)
+    torch.testing.assert_close(
+        search_item_log_probs(rec.model, stock, prompts, search["pad_id"]), kept
+    )
 
 
 def _one_user(rec, codes, history, seen, cfg: EvaluateConfig) -> list[int]:
