@@ -278,13 +278,21 @@ class SiitConfig(Strict):
         default_factory=list,
         description="epochs after which to refine, e.g. [2, 4]; empty: evenly spaced",
     )
-    signal: Literal["text", "context", "mixed"] = Field(
+    signal: Literal["text", "context", "mixed", "rows"] = Field(
         "text",
         description="text: the item's text prompt (item2id); context: the mean log-probability "
-        "over training histories whose next item it is; mixed: a weighted sum",
+        "over training histories whose next item it is; mixed: a weighted sum; rows (tiny "
+        "Llama with model.item_inputs): the mean over the training histories after which the "
+        "model's item rows expect the item most",
     )
     context_weight: float = Field(0.5, ge=0, le=1, description="weight of context when mixed")
     contexts_per_item: int = Field(4, ge=1, description="training histories scored per item")
+    row_pool: int = Field(
+        8192,
+        ge=1,
+        description="rows: how many training histories (drawn uniformly over the training "
+        "next-item positions) the item rows rank for every item",
+    )
     background_contexts: int = Field(
         0,
         ge=0,
@@ -377,6 +385,16 @@ class Params(Strict):
                 f"train.epochs ({epochs}) must be a multiple of siit.rounds + 1 "
                 f"({self.siit.rounds + 1}) when siit.refine_after is empty: each round trains "
                 "the same number of epochs"
+            )
+        if self.siit.signal == "rows" and not (
+            self.model.profile == "tiny"
+            and self.model.architecture == "llama"
+            and self.model.item_inputs
+        ):
+            raise ValueError(
+                "siit.signal rows ranks histories by the model's item rows: it needs the tiny "
+                "Llama with item input rows (model.profile tiny, model.architecture llama, "
+                "model.item_inputs true)"
             )
         if self.siit.fixed_levels >= self.tokenize.levels:
             raise ValueError(

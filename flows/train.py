@@ -35,7 +35,12 @@ from components.model.session import TrainingSession, WindowLosses, evaluate_mod
 from components.paths import Paths
 from components.siit.checkpoint import RunCheckpoint, RunState
 from components.siit.fingerprint import combine, run_fingerprints
-from components.siit.refine import background_histories, refine_identifiers, training_contexts
+from components.siit.refine import (
+    background_histories,
+    expected_contexts,
+    refine_identifiers,
+    training_contexts,
+)
 from components.siit.warm_start import (
     ITEM_ENCODER_DIR,
     RECORD_FILE,
@@ -161,9 +166,19 @@ def refine_task(
 ) -> tuple[np.ndarray, dict]:
     seed = params.train.seed * 100 + round_index
     contexts = background = None
-    if params.siit.signal != "text":
-        train = session.train_sequences  # training targets only (train.hold_out_last too)
-        max_history = session.dataset.max_history
+    train = session.train_sequences  # training targets only (train.hold_out_last too)
+    max_history = session.dataset.max_history
+    if params.siit.signal == "rows":
+        contexts = expected_contexts(
+            session.rec,
+            session.codes,
+            train,
+            max_history,
+            params.siit.contexts_per_item,
+            params.siit.row_pool,
+            seed=seed,
+        )
+    elif params.siit.signal != "text":
         contexts = training_contexts(
             train, session.dataset.n_items, max_history, params.siit.contexts_per_item, seed=seed
         )

@@ -5,7 +5,14 @@ Signals (`siit.signal`):
 - context: the training histories whose next item it is; an identifier's score is its mean
   log-probability as the next item over up to `contexts_per_item` of them (the model's
   collaborative view; hard-EM on the map). Items with no training occurrence use text;
-- mixed: `context_weight` x context + (1 - context_weight) x text.
+- mixed: `context_weight` x context + (1 - context_weight) x text;
+- rows (the tiny Llama with item input rows): the context score over the training histories
+  after which the model's item rows (SASRec's view, `train.item_loss`) expect the item most,
+  up to `contexts_per_item` of `row_pool` drawn uniformly (`expected_contexts`). Where the
+  context signal asks which identifier the histories that did lead to the item predict, and
+  gets back the identifier the model was trained on there, this asks which identifier the
+  model predicts where its item rows would recommend the item: an item the item rows rank
+  high but the beam search cannot reach moves to where the search goes.
 With `background_contexts` > 0 the context score becomes pointwise mutual information: the
 mean log-probability over the item's histories minus `background_weight` x the mean over
 that many random training histories (the same ones for every item). Without it, every history
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 
 from components.config import SiitConfig
-from components.model.decoding import PrefixTrie, constrained_beam_search
+from components.model.decoding import PrefixTrie, constrained_beam_search, item_log_probs
 from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
 from components.progress import progress
@@ -104,6 +111,44 @@ def background_histories(
     return [_history(train_sequences[users[k]], positions[k], max_history) for k in picked]
 
 
+@torch.no_grad()
+def expected_contexts(
+    rec: GenerativeRecommender,
+    current: np.ndarray,
+    train_sequences: list[np.ndarray],
+    max_history: int,
+    per_item: int,
+    pool: int,
+    seed: int,
+    batch_size: int = 256,
+) -> list[list[np.ndarray]]:
+    """For every item, the up to `per_item` histories, of `pool` training histories drawn
+    uniformly over the training next-item positions (`background_histories`), after which the
+    model's item rows give it the highest log-probability (`item_log_probs`), the most expecting
+    first. A history never counts for an item it holds. Training split only, as
+    `training_contexts`."""
+    n_items = len(current)
+    histories = background_histories(train_sequences, max_history, pool, seed)
+    keep = min(per_item, len(histories))
+    if not keep:
+        return [[] for _ in range(n_items)]
+    rec.model.eval()
+    builder = rec.prompt_builder(current)
+    pad = rec.tokenizer.pad_token_id or 0
+    best = torch.full((keep, n_items), -torch.inf)
+    best_at = torch.full((keep, n_items), -1, dtype=torch.long)
+    for start in progress(range(0, len(histories), batch_size), desc="rank histories"):
+        chunk = histories[start : start + batch_size]
+        logp = item_log_probs(rec.model, [builder.seqrec_prompt(h) for h in chunk], pad).cpu()
+        for row, history in enumerate(chunk):
+            logp[row, history] = -torch.inf
+        at = torch.arange(start, start + len(chunk))[:, None].expand(-1, n_items)
+        top = torch.cat([best, logp]).topk(keep, dim=0)
+        best, best_at = top.values, torch.cat([best_at, at]).gather(0, top.indices)
+    found = torch.isfinite(best)
+    return [[histories[j] for j in best_at[found[:, i], i].tolist()] for i in range(n_items)]
+
+
 def _scoring_rows(
     items: np.ndarray,
     builder: PromptBuilder,
@@ -149,8 +194,8 @@ def propose_identifiers(
 ) -> Candidates:
     """Top-B identifiers per item by the configured signal, with a load-aware diversity penalty.
 
-    contexts: per item, its training histories (`training_contexts`); needed by the context
-    and mixed signals. background: random training histories (`background_histories`) whose
+    contexts: per item, its training histories (`training_contexts`, or `expected_contexts`
+    for the rows signal); needed by every signal but text. background: random training histories (`background_histories`) whose
     mean log-probability is subtracted from the context score (`siit.background_contexts`).
     """
     if cfg.signal != "text" and contexts is None:
