@@ -18,6 +18,10 @@ test users, with the run's own evaluate settings (seen items excluded, beam, top
   re-scored), for each w of --weights: what evaluation and serving rank with
   `evaluate.item_weight` = w.
 
+With --row-candidates M..., also `both, w, +M`: the same with the item rows' best M unseen
+items the beam missed added to its leaves (`evaluate.row_candidates` = M; evaluation's own
+`rescored_beam_search`).
+
 With --headroom, what better identifiers could give at most under that ranking: the share of
 targets inside the beam's `evaluate.beam_size` leaves (`shortlist recall`) against the share
 inside the item rows' own top `beam_size` (`rows' shortlist recall`), and `rows' shortlist,
@@ -54,6 +58,7 @@ from components.model.decoding import (  # noqa: E402
     PrefixTrie,
     constrained_beam_search,
     rescore_with_item_rows,
+    rescored_beam_search,
     search_item_log_probs,
     sequence_log_probs,
 )
@@ -101,7 +106,12 @@ def rows_shortlist(
 
 
 def rank_all(
-    work: Path, kind: str, weights: list[float], headroom: bool = False, batch: int = 128
+    work: Path,
+    kind: str,
+    weights: list[float],
+    headroom: bool = False,
+    row_candidates: tuple[int, ...] = (),
+    batch: int = 128,
 ) -> dict:
     """{split: {ranking: metrics}} for one finished run's selected model (with `headroom`,
     also the shortlists' recall, under "recall")."""
@@ -122,6 +132,9 @@ def rank_all(
         n = len(data.targets)
         ranked = {"identifiers": np.full((n, cfg.top_k), -1), "item rows": None}
         ranked.update({f"both, w={w:g}": np.full((n, cfg.top_k), -1) for w in weights})
+        unions = [(w, m) for w in weights for m in row_candidates]
+        ranked.update({f"both, w={w:g}, +{m}": np.full((n, cfg.top_k), -1) for w, m in unions})
+        item_codes = torch.from_numpy(codes)
         if headroom:
             ranked.update(
                 {f"rows' shortlist, w={w:g}": np.full((n, cfg.top_k), -1) for w in weights}
@@ -147,6 +160,21 @@ def rank_all(
             for w in weights:  # as evaluation ranks with evaluate.item_weight = w
                 both = rescore_with_item_rows(beam, items, w, cfg.top_k)
                 ranked[f"both, w={w:g}"][rows] = both.leaves.numpy()
+            for w, m in unions:  # as evaluation ranks with evaluate.row_candidates = m
+                union = rescored_beam_search(
+                    rec.model,
+                    prompts,
+                    rec.code_token_ids,
+                    trie,
+                    beam_size=cfg.beam_size,
+                    top_k=cfg.top_k,
+                    pad_id=rec.tokenizer.pad_token_id or 0,
+                    exclude=seen,
+                    item_weight=w,
+                    item_codes=item_codes,
+                    row_candidates=m,
+                )
+                ranked[f"both, w={w:g}, +{m}"][rows] = union.leaves.numpy()
             if seen is not None:
                 items = items.masked_fill(seen, -torch.inf)
             item_rank.append(top_k(items, cfg.top_k))
@@ -179,10 +207,19 @@ def main() -> None:
         action="store_true",
         help="also the shortlists' recall and the item rows' own shortlist re-ranked",
     )
+    parser.add_argument(
+        "--row-candidates",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also the shortlist with this many of the item rows' best missed items "
+        "(evaluate.row_candidates)",
+    )
     parser.add_argument("groups", nargs="+", help="<tag>-<model>, e.g. rdt-static rdt-il1")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = ["identifiers", "item rows", *[f"both, w={w:g}" for w in args.weights]]
+    names += [f"both, w={w:g}, +{m}" for w in args.weights for m in args.row_candidates]
     if args.headroom:
         names += [f"rows' shortlist, w={w:g}" for w in args.weights]
     recalls = ["shortlist", "rows' shortlist"] if args.headroom else []
@@ -195,7 +232,7 @@ def main() -> None:
         kind, runs = load_group(group, args.seeds)
         for seed in args.seeds:
             work = Path(runs[seed]["work"])
-            res = rank_all(work, kind, args.weights, args.headroom)
+            res = rank_all(work, kind, args.weights, args.headroom, tuple(args.row_candidates))
             for split in ("valid", "test"):
                 cells = []
                 for name in names:

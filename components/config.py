@@ -341,6 +341,13 @@ class EvaluateConfig(Strict):
         "rows' log-probability (the generative shortlist re-scored; evaluation, best-epoch "
         "choice and serving alike); 0 = the beam's own order (5: chosen on validation)",
     )
+    row_candidates: int = Field(
+        0,
+        ge=0,
+        description="with item_weight > 0: the shortlist re-ranked also holds the item rows' "
+        "best row_candidates unseen items the beam did not reach, scored alike (their "
+        "identifiers' log-probability, teacher-forced); 0 = the beam's leaves alone",
+    )
 
     @model_validator(mode="after")
     def _beam_covers_top_k(self) -> EvaluateConfig:

@@ -37,10 +37,14 @@ def recommend_generative(
     rec: GenerativeRecommender, codes: np.ndarray, split: EvalSplit, cfg: EvaluateConfig
 ) -> np.ndarray:
     """Top-k item indices per user by trie-constrained beam search: int [n_users, k], -1 pads.
-    With `evaluate.item_weight` the beam's leaves re-scored by the item rows as well."""
+    With `evaluate.item_weight` the beam's leaves re-scored by the item rows as well (and with
+    `evaluate.row_candidates` the item rows' best items the beam missed beside them)."""
+    import torch
+
     from components.model.decoding import PrefixTrie, rescored_beam_search
 
     rec.model.eval()
+    item_codes = torch.as_tensor(codes, dtype=torch.long)
     prompts = rec.prompt_builder(codes)
     trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)
     all_prompts = [prompts.seqrec_prompt(h) for h in split.histories]
@@ -63,6 +67,8 @@ def recommend_generative(
             pad_id=rec.tokenizer.pad_token_id or 0,
             exclude=exclude,
             item_weight=cfg.item_weight,
+            item_codes=item_codes,
+            row_candidates=cfg.row_candidates,
         )
         ranked[rows, : result.leaves.shape[1]] = result.leaves.cpu().numpy()
     return ranked

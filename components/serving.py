@@ -15,7 +15,8 @@ Request: a table with one row per user.
 Answer, one row per request row: `item_ids` (best first), `scores` (the log-probability of
 each item's identifier after the history; with `serving.json: item_weight` > 0, from
 evaluate.item_weight, that plus item_weight x the item's log-probability among the item rows,
-the beam's leaves re-ranked by it), `k` (the k used), `unknown_item_ids` (history ids not in
+the beam's leaves re-ranked by it, with `serving.json: row_candidates` > 0 beside the item
+rows' best items the beam missed), `k` (the k used), `unknown_item_ids` (history ids not in
 the catalogue), and `user_id` when given.
 
 Edge cases (the documented answers; nothing here is an HTTP 500):
@@ -60,6 +61,7 @@ class ServingConfig:
     max_history: int = 20
     batch_size: int = 64
     item_weight: float = 0.0  # evaluate.item_weight: the beam's leaves re-scored by item rows
+    row_candidates: int = 0  # evaluate.row_candidates: the item rows' best missed items too
 
     @classmethod
     def read(cls, path: str | Path) -> ServingConfig:
@@ -174,6 +176,8 @@ class Recommender:
     """The trained LM + tokenizer + token map, answering histories of item ids."""
 
     def __init__(self, rec, token_map, config: ServingConfig) -> None:
+        import torch
+
         from components.model.decoding import PrefixTrie
 
         self.rec = rec
@@ -183,6 +187,7 @@ class Recommender:
         self.index = {item: i for i, item in enumerate(self.item_ids)}
         self.prompts = rec.prompt_builder(token_map.codes)
         self.trie = PrefixTrie.from_codes(token_map.codes, rec.codebook_sizes).to(rec.device)
+        self.item_codes = torch.tensor(np.asarray(token_map.codes), dtype=torch.long)
 
     @classmethod
     def load(cls, model_dir: str | Path, token_map: str | Path, config: ServingConfig):
@@ -254,6 +259,8 @@ class Recommender:
                 pad_id=self.rec.tokenizer.pad_token_id or 0,
                 exclude=exclude,
                 item_weight=self.config.item_weight,
+                item_codes=self.item_codes,
+                row_candidates=self.config.row_candidates,
             )
         leaves = result.leaves.cpu().numpy()
         scores = result.scores.float().cpu().numpy()

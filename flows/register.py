@@ -38,6 +38,7 @@ def serving_config(params: Params) -> ServingConfig:
         max_history=params.data.max_history,
         batch_size=min(64, params.evaluate.batch_size),
         item_weight=params.evaluate.item_weight,
+        row_candidates=params.evaluate.row_candidates,
     )
 
 

@@ -280,19 +280,28 @@ class _SharedPromptSteps(_CausalSteps):
     def score(self, tokens: torch.Tensor) -> torch.Tensor:
         """Summed log-probability of one continuation per prompt (long [P, L]) by teacher
         forcing over the prompt cache: no second pass over the prompts. Ends the search."""
+        return self.score_many(tokens[:, None])[:, 0]
+
+    def score_many(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`score` of M continuations per prompt (long [P, M, L]) -> float [P, M]: they take
+        the places of a prompt's beams, all over the one prompt cache. Ends the search."""
         self._start_beams()
-        logp, total = self.prompt_logp, torch.zeros(len(tokens), device=tokens.device)
+        n_prompts, width, length = tokens.shape
+        self.width = width
+        flat = tokens.reshape(n_prompts * width, length)
+        logp = self.prompt_logp.repeat_interleave(width, dim=0)
+        total = torch.zeros(len(flat), device=tokens.device)
         levels = code_levels(self.model)
-        for pos in range(tokens.shape[1]):
+        for pos in range(length):
             if levels is not None:  # identifier token `pos` is of level `pos`
                 logp = level_log_probs(logp, levels.ids[pos])
-                column = levels.index_of.to(tokens.device)[tokens[:, pos : pos + 1]]
+                column = levels.index_of.to(tokens.device)[flat[:, pos : pos + 1]]
             else:
-                column = tokens[:, pos : pos + 1]
+                column = flat[:, pos : pos + 1]
             total = total + logp.gather(1, column)[:, 0]
-            if pos + 1 < tokens.shape[1]:
-                logp = self.advance(tokens[:, pos : pos + 1])
-        return total
+            if pos + 1 < length:
+                logp = self.advance(flat[:, pos : pos + 1])
+        return total.view(n_prompts, width)
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -456,6 +465,43 @@ def constrained_beam_search(
     log-probability of its row (e.g. an item's current identifier), over the same prompt pass
     where the cache is shared, else by `sequence_log_probs`.
     """
+    return _search(
+        model,
+        prompts,
+        code_token_ids,
+        trie,
+        beam_size,
+        top_k,
+        pad_id,
+        exclude,
+        level_bias,
+        groups,
+        weights,
+        fixed_prefix,
+        shared_prompt,
+        score_tokens,
+    )[0]
+
+
+@torch.no_grad()
+def _search(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    code_token_ids: list[torch.Tensor],
+    trie: PrefixTrie,
+    beam_size: int,
+    top_k: int,
+    pad_id: int = 0,
+    exclude: torch.Tensor | None = None,
+    level_bias: list[torch.Tensor] | None = None,
+    groups: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    fixed_prefix: torch.Tensor | None = None,
+    shared_prompt: bool = True,
+    score_tokens: torch.Tensor | None = None,
+) -> tuple[BeamResult, _CausalSteps | _Seq2SeqSteps]:
+    """`constrained_beam_search`, and the model's side of it (which can still score
+    continuations over its prompt pass: `_SharedPromptSteps.score_many`)."""
     device = next(model.parameters()).device
     batch, levels = len(prompts), trie.levels
     if is_encoder_decoder(model):
@@ -532,13 +578,14 @@ def constrained_beam_search(
             if isinstance(steps, _SharedPromptSteps)
             else sequence_log_probs(model, prompts, score_tokens, pad_id)
         )
-    return BeamResult(
+    result = BeamResult(
         codes=codes,
         scores=scores,
         leaves=leaves,
         given=given,
         prompt_hidden=getattr(steps, "prompt_hidden", None),
     )
+    return result, steps
 
 
 @torch.no_grad()
@@ -641,6 +688,7 @@ def rescore_with_item_rows(
     )
 
 
+@torch.no_grad()
 def rescored_beam_search(
     model: torch.nn.Module,
     prompts: list[list[int]],
@@ -651,12 +699,17 @@ def rescored_beam_search(
     pad_id: int = 0,
     exclude: torch.Tensor | None = None,
     item_weight: float = 0.0,
+    item_codes: torch.Tensor | None = None,
+    row_candidates: int = 0,
 ) -> BeamResult:
     """`constrained_beam_search`'s top `top_k`, or with `item_weight` > 0 (`evaluate.item_weight`)
     its whole beam re-ranked by `rescore_with_item_rows`: what evaluation and serving rank.
-    Models without item rows to score (`scores_item_rows`) ignore the weight."""
+    With `row_candidates` > 0 (`evaluate.row_candidates`; needs `item_codes`, the map: long
+    [n_items, levels]) the shortlist also holds the item rows' best `row_candidates` items the
+    beam did not reach (`with_row_candidates`). Models without item rows to score
+    (`scores_item_rows`) ignore both."""
     weight = item_weight if scores_item_rows(model) else 0.0
-    result = constrained_beam_search(
+    result, steps = _search(
         model,
         prompts,
         code_token_ids,
@@ -669,7 +722,69 @@ def rescored_beam_search(
     if not weight:
         return result
     items = search_item_log_probs(model, result, prompts, pad_id)
+    if row_candidates:
+        if item_codes is None:
+            raise ValueError("row_candidates needs the items' codes (item_codes)")
+        result = with_row_candidates(
+            model,
+            steps,
+            prompts,
+            result,
+            items,
+            item_codes,
+            code_token_ids,
+            row_candidates,
+            exclude,
+            pad_id,
+        )
     return rescore_with_item_rows(result, items, weight, top_k)
+
+
+@torch.no_grad()
+def with_row_candidates(
+    model: torch.nn.Module,
+    steps: _CausalSteps,
+    prompts: list[list[int]],
+    result: BeamResult,
+    item_logp: torch.Tensor,
+    item_codes: torch.Tensor,
+    code_token_ids: list[torch.Tensor],
+    count: int,
+    exclude: torch.Tensor | None = None,
+    pad_id: int = 0,
+) -> BeamResult:
+    """The beam's leaves and, after them, the `count` items of best item-row log-probability
+    (`item_logp`) that are neither among the leaves nor excluded, each with its identifier's
+    log-probability after the prompt as its score, as the beam scores its leaves: teacher-forced
+    over the search's own prompt pass where it kept it (`_SharedPromptSteps.score_many`), else
+    by `sequence_log_probs`. -1 / -inf where fewer items are left."""
+    device = item_logp.device
+    leaves = result.leaves.to(device)
+    blocked = torch.zeros_like(item_logp, dtype=torch.bool)
+    blocked.scatter_(1, leaves.clamp(min=0), leaves >= 0)
+    if exclude is not None:
+        blocked |= exclude.to(device)
+    values, extra = item_logp.masked_fill(blocked, -torch.inf).topk(count, dim=1)
+    extra = extra.masked_fill(values == -torch.inf, -1)
+    codes = item_codes.to(device)[extra.clamp(min=0)]  # [P, count, levels]
+    tokens = torch.stack(
+        [code_token_ids[lvl].to(device)[codes[..., lvl]] for lvl in range(codes.shape[-1])], -1
+    )
+    if isinstance(steps, _SharedPromptSteps):
+        scores = steps.score_many(tokens)
+    else:
+        flat = sequence_log_probs(
+            model, [p for p in prompts for _ in range(count)], tokens.flatten(0, 1), pad_id
+        )
+        scores = flat.view(len(prompts), count)
+    scores = scores.to(result.scores.dtype).masked_fill(extra < 0, -torch.inf)
+    return BeamResult(
+        codes=torch.cat([result.codes, codes.to(result.codes.device)], 1),
+        scores=torch.cat([result.scores, scores.to(result.scores.device)], 1),
+        leaves=torch.cat([result.leaves, extra.to(result.leaves.device)], 1),
+        given=result.given,
+        prompt_hidden=result.prompt_hidden,
+    )
 
 
 def search_item_log_probs(

@@ -130,6 +130,13 @@ def test_headroom_scores_the_item_rows_shortlist_as_the_beam_does(
     assert recall["rows' shortlist"] == pytest.approx(
         np.mean([t in row for t, row in zip(data.targets, brute.tolist(), strict=True)])
     )
+    # --row-candidates: evaluation's own ranking with evaluate.row_candidates
+    union = item_head.rank_all(work, "siit", weights=[1.0], row_candidates=(3,))
+    with_rows = cfg.model_copy(update={"item_weight": 1.0, "row_candidates": 3})
+    dataset = Dataset.read(work / "data/processed")
+    for split in ("valid", "test"):
+        want, _ = evaluate_model(rec, dataset, codes, with_rows, split)
+        assert union[split]["both, w=1, +3"] == want
     # a huge weight ranks the rows' shortlist by the item rows alone
     again = item_head.rank_all(work, "siit", weights=[1e6], headroom=True)
     assert again["valid"]["rows' shortlist, w=1e+06"] == again["valid"]["item rows"]

@@ -17,7 +17,9 @@ from components.model.decoding import (
     constrained_beam_search,
     item_log_probs,
     rescore_with_item_rows,
+    rescored_beam_search,
     search_item_log_probs,
+    sequence_log_probs,
 )
 from components.model.head import item_rows
 from components.paths import MODEL_DIR, TOKEN_MAP_FILE
@@ -87,7 +89,8 @@ def test_the_search_keeps_its_prompts_hidden_states_for_the_item_rows() -> None:
 
 
 def _one_user(rec, codes, history, seen, cfg: EvaluateConfig) -> list[int]:
-    """One user alone (no batch, no padding): the beam's leaves, re-ranked by hand."""
+    """One user alone (no batch, no padding): the beam's leaves (and the item rows' best
+    `cfg.row_candidates` unseen items it missed, scored one by one), re-ranked by hand."""
     prompt = rec.prompt_builder(codes).seqrec_prompt(history)
     beam = constrained_beam_search(
         rec.model,
@@ -101,11 +104,17 @@ def _one_user(rec, codes, history, seen, cfg: EvaluateConfig) -> list[int]:
     )
     logp = item_log_probs(rec.model, [prompt])[0]
     leaves = [int(x) for x in beam.leaves[0] if x >= 0]
-    combined = {
-        item: float(beam.scores[0, j]) + cfg.item_weight * float(logp[item])
-        for j, item in enumerate(leaves)
-    }
-    return sorted(leaves, key=lambda item: -combined[item])[: cfg.top_k]
+    identifier = {item: float(beam.scores[0, j]) for j, item in enumerate(leaves)}
+    missed = [
+        int(i)
+        for i in torch.argsort(logp, descending=True, stable=True)
+        if int(i) not in identifier and int(i) not in set(np.asarray(seen).tolist())
+    ][: cfg.row_candidates]
+    for item in missed:
+        tokens = torch.from_numpy(rec.item_tokens(codes)[[item]])
+        identifier[item] = float(sequence_log_probs(rec.model, [prompt], tokens)[0])
+    combined = {item: identifier[item] + cfg.item_weight * float(logp[item]) for item in identifier}
+    return sorted(combined, key=lambda item: -combined[item])[: cfg.top_k]
 
 
 def test_evaluation_ranks_the_shortlist_by_both_scores() -> None:
@@ -117,6 +126,97 @@ def test_evaluation_ranks_the_shortlist_by_both_scores() -> None:
         assert not set(ranked[row].tolist()) & set(seen.tolist())
     plain = recommend_generative(rec, codes, _split(), cfg.model_copy(update={"item_weight": 0}))
     assert not np.array_equal(ranked, plain)  # the item rows changed some ranking
+
+
+def test_the_item_rows_best_missed_items_join_the_shortlist() -> None:
+    """evaluate.row_candidates: a beam of 3 reaches few items; the item rows' best unseen items
+    it missed join its leaves, scored as the beam scores them, and the union is re-ranked."""
+    rec, codes = _rec(in_head="training"), _codes()
+    cfg = EvaluateConfig(beam_size=3, top_k=3, batch_size=3, item_weight=2.0, row_candidates=4)
+    ranked = recommend_generative(rec, codes, _split(), cfg)
+    for row, (h, seen) in enumerate(zip(HISTORIES, _split().seen, strict=True)):
+        assert ranked[row].tolist() == _one_user(rec, codes, h, seen, cfg)
+        assert not set(ranked[row].tolist()) & set(seen.tolist())
+    beam_only = recommend_generative(
+        rec, codes, _split(), cfg.model_copy(update={"row_candidates": 0})
+    )
+    assert not np.array_equal(ranked, beam_only)  # some missed item made a top-3
+    # without the item rows' weight there is no re-ranking, and no candidate is added
+    plain = cfg.model_copy(update={"item_weight": 0.0})
+    assert np.array_equal(
+        recommend_generative(rec, codes, _split(), plain),
+        recommend_generative(rec, codes, _split(), plain.model_copy(update={"row_candidates": 0})),
+    )
+
+
+def test_missed_items_are_scored_over_the_search_or_alone_alike() -> None:
+    """The added candidates' identifier scores over the search's own prompt pass
+    (`score_many`) equal transformers' path (`sequence_log_probs` per prompt and item)."""
+    rec, codes = _rec(in_head="training"), _codes()
+    rec.model.eval()
+    prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES]
+    seen = seen_mask(_split().seen, len(codes))
+    common = dict(
+        prompts=prompts,
+        code_token_ids=rec.code_token_ids,
+        trie=PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=4,
+        top_k=6,
+        exclude=seen,
+        item_weight=1.0,
+        item_codes=torch.from_numpy(codes),
+        row_candidates=5,
+    )
+    with_shared = rescored_beam_search(rec.model, **common)
+    from components.model import decoding
+
+    result, steps = decoding._search(
+        rec.model,
+        prompts,
+        rec.code_token_ids,
+        common["trie"],
+        4,
+        4,
+        exclude=seen,
+        shared_prompt=False,
+    )
+    items = decoding.search_item_log_probs(rec.model, result, prompts)
+    alone = decoding.with_row_candidates(
+        rec.model,
+        steps,
+        prompts,
+        result,
+        items,
+        torch.from_numpy(codes),
+        rec.code_token_ids,
+        5,
+        seen,
+    )
+    shared_result, shared_steps = decoding._search(
+        rec.model, prompts, rec.code_token_ids, common["trie"], 4, 4, exclude=seen
+    )
+    shared_items = decoding.search_item_log_probs(rec.model, shared_result, prompts)
+    union = decoding.with_row_candidates(
+        rec.model,
+        shared_steps,
+        prompts,
+        shared_result,
+        shared_items,
+        torch.from_numpy(codes),
+        rec.code_token_ids,
+        5,
+        seen,
+    )
+    assert torch.equal(union.leaves, alone.leaves)
+    torch.testing.assert_close(union.scores, alone.scores, atol=1e-4, rtol=0)
+    assert union.leaves.shape[1] == 4 + 5
+    for row in range(len(prompts)):
+        added = [i for i in union.leaves[row, 4:].tolist() if i >= 0]
+        assert not set(added) & set(union.leaves[row, :4].tolist())
+        assert not set(added) & set(_split().seen[row].tolist())
+        # the added items' codes are theirs
+        assert (union.codes[row, 4 : 4 + len(added)].numpy() == codes[added]).all()
+    assert with_shared.leaves.shape == (len(prompts), 6)
 
 
 def test_weight_zero_keeps_the_beams_order() -> None:
@@ -137,15 +237,16 @@ def test_weight_zero_keeps_the_beams_order() -> None:
 
 def test_serving_answers_as_evaluation_ranks(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle")
-    ServingConfig(default_k=3, beam_size=6, max_history=8, item_weight=2.0).write(
+    ServingConfig(default_k=3, beam_size=6, max_history=8, item_weight=2.0, row_candidates=3).write(
         bundle / SERVING_CONFIG
     )
     assert ServingConfig.read(bundle / SERVING_CONFIG).item_weight == 2.0
+    assert ServingConfig.read(bundle / SERVING_CONFIG).row_candidates == 3
     served = Recommender.from_bundle(bundle)
     loaded = Recommender.load(bundle / MODEL_DIR, bundle / TOKEN_MAP_FILE, ServingConfig())
     rec = loaded.rec  # the bundle's model, decoded one user at a time below
     token_map = TokenMap.load(bundle / TOKEN_MAP_FILE)
-    cfg = EvaluateConfig(beam_size=6, top_k=3, item_weight=2.0)
+    cfg = EvaluateConfig(beam_size=6, top_k=3, item_weight=2.0, row_candidates=3)
     histories = [[1, 4, 7], [], [2]]
     answers = served.recommend([[token_map.item_ids[i] for i in h] for h in histories], [3] * 3)
     for h, answer in zip(histories, answers, strict=True):
