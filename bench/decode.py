@@ -126,10 +126,17 @@ def trie_decoder(rec: GenerativeRecommender, codes: np.ndarray, beam: int, top_k
 
 
 def rescored_decoder(
-    rec: GenerativeRecommender, codes: np.ndarray, beam: int, top_k: int, weight: float
+    rec: GenerativeRecommender,
+    codes: np.ndarray,
+    beam: int,
+    top_k: int,
+    weight: float,
+    row_candidates: int = 0,
 ):
-    """Evaluation's and serving's ranking: the beam's leaves re-scored by the item rows."""
+    """Evaluation's and serving's ranking: the beam's leaves (and the item rows' best
+    `row_candidates` items it missed) re-scored by the item rows."""
     trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)
+    item_codes = torch.from_numpy(codes).to(rec.device)
 
     def decode(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         result = rescored_beam_search(
@@ -141,6 +148,8 @@ def rescored_decoder(
             top_k=top_k,
             pad_id=rec.tokenizer.pad_token_id or 0,
             item_weight=weight,
+            item_codes=item_codes,
+            row_candidates=row_candidates,
         )
         return result.leaves.cpu().numpy(), result.scores.cpu().numpy()
 
@@ -207,7 +216,9 @@ def bench_catalogue(
     }
     rescored = args.item_weight > 0 and scores_item_rows(rec.model)
     if rescored:
-        decoders["rescored"] = rescored_decoder(rec, codes, args.beam, args.top_k, args.item_weight)
+        decoders["rescored"] = rescored_decoder(
+            rec, codes, args.beam, args.top_k, args.item_weight, args.row_candidates
+        )
     result = run_interleaved(decoders, prompts, args.batch_size, device)
     ours, theirs = result["ours"], result["generate"]
     return {
@@ -245,6 +256,11 @@ def main() -> int:
         type=float,
         help="evaluate.item_weight of the re-scored decoder (default: params.yaml's; 0: none)",
     )
+    parser.add_argument(
+        "--row-candidates",
+        type=int,
+        help="evaluate.row_candidates of the re-scored decoder (default: params.yaml's)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,6 +269,8 @@ def main() -> int:
     args.batch_size = args.batch_size or params.evaluate.batch_size
     if args.item_weight is None:
         args.item_weight = params.evaluate.item_weight
+    if args.row_candidates is None:
+        args.row_candidates = params.evaluate.row_candidates
 
     cfg = params.model
     if args.item_rows_in_head is not None:
@@ -274,7 +292,8 @@ def main() -> int:
         f"batch {args.batch_size} users; {head}\n"
     )
     rescored = any(r["rescored"] is not None for r in rows)
-    extra = f" | re-scored, item_weight {args.item_weight:g} (users/s)" if rescored else ""
+    plus = f" + {args.row_candidates} row candidates" if args.row_candidates else ""
+    extra = f" | re-scored, item_weight {args.item_weight:g}{plus} (users/s)" if rescored else ""
     print(
         "| items | identical top-k | max score gap | trie search (users/s) "
         f"| generate (users/s) | speed-up{extra} |"

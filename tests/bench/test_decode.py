@@ -22,7 +22,7 @@ def _table_row(out: str) -> list[str]:
 
 
 def test_identical_top_k_and_a_timed_rescored_column(decode, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", [*ARGS, "--item-weight", "5"])
+    monkeypatch.setattr(sys, "argv", [*ARGS, "--item-weight", "5", "--row-candidates", "0"])
     assert decode.main() == 0  # every user's top-k is generate's
     out = capsys.readouterr().out
     assert "re-scored, item_weight 5 (users/s)" in out
@@ -52,3 +52,6 @@ def test_rescored_decoder_ranks_as_evaluation_does(decode) -> None:
     for shortlist, got in zip(beam, top, strict=True):
         assert set(got) <= set(shortlist)
     assert (top != beam[:, :10]).any()
+    # with row candidates: items outside the beam's shortlist may rank too
+    wide, _ = decode.rescored_decoder(rec, codes, 20, 10, 5.0, row_candidates=20)(prompts)
+    assert any(not set(got) <= set(shortlist) for shortlist, got in zip(beam, wide, strict=True))
