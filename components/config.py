@@ -342,11 +342,12 @@ class EvaluateConfig(Strict):
         "choice and serving alike); 0 = the beam's own order (5: chosen on validation)",
     )
     row_candidates: int = Field(
-        0,
+        20,
         ge=0,
         description="with item_weight > 0: the shortlist re-ranked also holds the item rows' "
         "best row_candidates unseen items the beam did not reach, scored alike (their "
-        "identifiers' log-probability, teacher-forced); 0 = the beam's leaves alone",
+        "identifiers' log-probability, teacher-forced); 0 = the beam's leaves alone (20: "
+        "chosen on validation)",
     )
 
     @model_validator(mode="after")

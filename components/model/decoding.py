@@ -764,6 +764,7 @@ def with_row_candidates(
     blocked.scatter_(1, leaves.clamp(min=0), leaves >= 0)
     if exclude is not None:
         blocked |= exclude.to(device)
+    count = min(count, item_logp.shape[1])  # a catalogue smaller than the count asked
     values, extra = item_logp.masked_fill(blocked, -torch.inf).topk(count, dim=1)
     extra = extra.masked_fill(values == -torch.inf, -1)
     codes = item_codes.to(device)[extra.clamp(min=0)]  # [P, count, levels]

@@ -217,6 +217,25 @@ def test_missed_items_are_scored_over_the_search_or_alone_alike() -> None:
         # the added items' codes are theirs
         assert (union.codes[row, 4 : 4 + len(added)].numpy() == codes[added]).all()
     assert with_shared.leaves.shape == (len(prompts), 6)
+    # more candidates asked than the catalogue holds: every unseen item joins the shortlist
+    fresh, fresh_steps = decoding._search(
+        rec.model, prompts, rec.code_token_ids, common["trie"], 4, 4, exclude=seen
+    )
+    everything = decoding.with_row_candidates(
+        rec.model,
+        fresh_steps,
+        prompts,
+        fresh,
+        shared_items,
+        torch.from_numpy(codes),
+        rec.code_token_ids,
+        100,
+        seen,
+    )
+    assert everything.leaves.shape[1] == 4 + N_ITEMS
+    for row in range(len(prompts)):
+        got = {i for i in everything.leaves[row].tolist() if i >= 0}
+        assert got == set(range(N_ITEMS)) - set(_split().seen[row].tolist())
 
 
 def test_weight_zero_keeps_the_beams_order() -> None:
