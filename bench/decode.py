@@ -41,7 +41,6 @@ import torch  # noqa: E402
 from components.config import ModelConfig, load_params  # noqa: E402
 from components.model.decoding import (  # noqa: E402
     PrefixTrie,
-    constrained_beam_search,
     rescored_beam_search,
     scores_item_rows,
 )
@@ -108,21 +107,8 @@ def run_interleaved(
 
 
 def trie_decoder(rec: GenerativeRecommender, codes: np.ndarray, beam: int, top_k: int):
-    trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)
-
-    def decode(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        result = constrained_beam_search(
-            rec.model,
-            batch,
-            rec.code_token_ids,
-            trie,
-            beam_size=beam,
-            top_k=top_k,
-            pad_id=rec.tokenizer.pad_token_id or 0,
-        )
-        return result.leaves.cpu().numpy(), result.scores.cpu().numpy()
-
-    return decode
+    """The trie beam search alone (`rescored_decoder` without the item rows' re-scoring)."""
+    return rescored_decoder(rec, codes, beam, top_k, weight=0.0)
 
 
 def rescored_decoder(

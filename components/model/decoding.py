@@ -444,6 +444,7 @@ def constrained_beam_search(
     fixed_prefix: torch.Tensor | None = None,
     shared_prompt: bool = True,
     score_tokens: torch.Tensor | None = None,
+    steps_out: list | None = None,
 ) -> BeamResult:
     """Beam search the `top_k` best identifiers after each prompt (or each group of prompts).
 
@@ -464,44 +465,9 @@ def constrained_beam_search(
     score_tokens: optional long [n_prompts, L] token ids: `given` is then each prompt's summed
     log-probability of its row (e.g. an item's current identifier), over the same prompt pass
     where the cache is shared, else by `sequence_log_probs`.
+    steps_out: optional list the model's side of the search is appended to: it can still
+    score continuations over the prompt pass (`_SharedPromptSteps.score_many`).
     """
-    return _search(
-        model,
-        prompts,
-        code_token_ids,
-        trie,
-        beam_size,
-        top_k,
-        pad_id,
-        exclude,
-        level_bias,
-        groups,
-        weights,
-        fixed_prefix,
-        shared_prompt,
-        score_tokens,
-    )[0]
-
-
-@torch.no_grad()
-def _search(
-    model: torch.nn.Module,
-    prompts: list[list[int]],
-    code_token_ids: list[torch.Tensor],
-    trie: PrefixTrie,
-    beam_size: int,
-    top_k: int,
-    pad_id: int = 0,
-    exclude: torch.Tensor | None = None,
-    level_bias: list[torch.Tensor] | None = None,
-    groups: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
-    fixed_prefix: torch.Tensor | None = None,
-    shared_prompt: bool = True,
-    score_tokens: torch.Tensor | None = None,
-) -> tuple[BeamResult, _CausalSteps | _Seq2SeqSteps]:
-    """`constrained_beam_search`, and the model's side of it (which can still score
-    continuations over its prompt pass: `_SharedPromptSteps.score_many`)."""
     device = next(model.parameters()).device
     batch, levels = len(prompts), trie.levels
     if is_encoder_decoder(model):
@@ -578,14 +544,15 @@ def _search(
             if isinstance(steps, _SharedPromptSteps)
             else sequence_log_probs(model, prompts, score_tokens, pad_id)
         )
-    result = BeamResult(
+    if steps_out is not None:
+        steps_out.append(steps)
+    return BeamResult(
         codes=codes,
         scores=scores,
         leaves=leaves,
         given=given,
         prompt_hidden=getattr(steps, "prompt_hidden", None),
     )
-    return result, steps
 
 
 @torch.no_grad()
@@ -709,7 +676,8 @@ def rescored_beam_search(
     beam did not reach (`with_row_candidates`). Models without item rows to score
     (`scores_item_rows`) ignore both."""
     weight = item_weight if scores_item_rows(model) else 0.0
-    result, steps = _search(
+    steps = []
+    result = constrained_beam_search(
         model,
         prompts,
         code_token_ids,
@@ -718,6 +686,7 @@ def rescored_beam_search(
         top_k=beam_size if weight else top_k,  # the whole beam is the shortlist
         pad_id=pad_id,
         exclude=exclude,
+        steps_out=steps,
     )
     if not weight:
         return result
@@ -727,7 +696,7 @@ def rescored_beam_search(
             raise ValueError("row_candidates needs the items' codes (item_codes)")
         result = with_row_candidates(
             model,
-            steps,
+            steps[0],
             prompts,
             result,
             items,

@@ -20,6 +20,7 @@ from components.model.decoding import (
     rescored_beam_search,
     search_item_log_probs,
     sequence_log_probs,
+    with_row_candidates,
 )
 from components.model.head import item_rows
 from components.paths import MODEL_DIR, TOKEN_MAP_FILE
@@ -168,45 +169,35 @@ def test_missed_items_are_scored_over_the_search_or_alone_alike() -> None:
         row_candidates=5,
     )
     with_shared = rescored_beam_search(rec.model, **common)
-    from components.model import decoding
 
-    result, steps = decoding._search(
-        rec.model,
-        prompts,
-        rec.code_token_ids,
-        common["trie"],
-        4,
-        4,
-        exclude=seen,
-        shared_prompt=False,
-    )
-    items = decoding.search_item_log_probs(rec.model, result, prompts)
-    alone = decoding.with_row_candidates(
-        rec.model,
-        steps,
-        prompts,
-        result,
-        items,
-        torch.from_numpy(codes),
-        rec.code_token_ids,
-        5,
-        seen,
-    )
-    shared_result, shared_steps = decoding._search(
-        rec.model, prompts, rec.code_token_ids, common["trie"], 4, 4, exclude=seen
-    )
-    shared_items = decoding.search_item_log_probs(rec.model, shared_result, prompts)
-    union = decoding.with_row_candidates(
-        rec.model,
-        shared_steps,
-        prompts,
-        shared_result,
-        shared_items,
-        torch.from_numpy(codes),
-        rec.code_token_ids,
-        5,
-        seen,
-    )
+    def union_of(count: int, shared_prompt: bool = True):
+        """The beam's 4 leaves and `count` row candidates, over the search's own steps."""
+        steps = []
+        result = constrained_beam_search(
+            rec.model,
+            prompts,
+            rec.code_token_ids,
+            common["trie"],
+            4,
+            4,
+            exclude=seen,
+            shared_prompt=shared_prompt,
+            steps_out=steps,
+        )
+        items = search_item_log_probs(rec.model, result, prompts)
+        return with_row_candidates(
+            rec.model,
+            steps[0],
+            prompts,
+            result,
+            items,
+            torch.from_numpy(codes),
+            rec.code_token_ids,
+            count,
+            seen,
+        )
+
+    alone, union = union_of(5, shared_prompt=False), union_of(5)
     assert torch.equal(union.leaves, alone.leaves)
     torch.testing.assert_close(union.scores, alone.scores, atol=1e-4, rtol=0)
     assert union.leaves.shape[1] == 4 + 5
@@ -218,20 +209,7 @@ def test_missed_items_are_scored_over_the_search_or_alone_alike() -> None:
         assert (union.codes[row, 4 : 4 + len(added)].numpy() == codes[added]).all()
     assert with_shared.leaves.shape == (len(prompts), 6)
     # more candidates asked than the catalogue holds: every unseen item joins the shortlist
-    fresh, fresh_steps = decoding._search(
-        rec.model, prompts, rec.code_token_ids, common["trie"], 4, 4, exclude=seen
-    )
-    everything = decoding.with_row_candidates(
-        rec.model,
-        fresh_steps,
-        prompts,
-        fresh,
-        shared_items,
-        torch.from_numpy(codes),
-        rec.code_token_ids,
-        100,
-        seen,
-    )
+    everything = union_of(100)
     assert everything.leaves.shape[1] == 4 + N_ITEMS
     for row in range(len(prompts)):
         got = {i for i in everything.leaves[row].tolist() if i >= 0}
