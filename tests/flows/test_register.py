@@ -188,3 +188,56 @@ def test_siit_compare_shows_two_runs_side_by_side(
     assert cli.main(["compare", ids[0], ids[1], "--all"]) == 0
     assert "train.epochs" in capsys.readouterr().out
     assert cli.main(["compare", ids[0], "no-such-run"]) == 1
+
+
+def _leaves(section: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in section.items():
+        path = f"{prefix}{key}"
+        out += _leaves(value, f"{path}.") if isinstance(value, dict) else [path]
+    return out
+
+
+def _perturbed(value) -> list:
+    """Other values of a number or flag, up and down (a setting may be clamped either way)."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, max(1, value // 4)]
+    if isinstance(value, float):
+        return [value * 2 + 1, value / 4]
+    return []  # strings, lists: none of them reaches serving.json today
+
+
+def test_every_param_that_changes_serving_json_reruns_register() -> None:
+    """`serving.json` is written by the register stage from params.yaml: a parameter that
+    changes it must be a dvc param of that stage, or `dvc repro` keeps a stale one."""
+    from components.config import Params
+    from flows.register import serving_config
+
+    repo = Path(__file__).resolve().parents[2]
+    listed = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["register"]["params"]
+    base = Params().model_dump()
+    default = serving_config(Params())
+    changing = []
+    for path in _leaves(base):
+        *parents, key = path.split(".")
+        section = base
+        for part in parents:
+            section = section[part]
+        for value in _perturbed(section[key]):
+            changed = json.loads(json.dumps(base))
+            target = changed
+            for part in parents:
+                target = target[part]
+            target[key] = value
+            try:
+                params = Params.model_validate(changed)
+            except ValueError:
+                continue  # a value the config refuses
+            if serving_config(params) != default:
+                changing.append(path)
+                break
+    assert {"evaluate.top_k", "evaluate.item_weight", "data.max_history"} <= set(changing)
+    uncovered = [p for p in changing if not any(p == q or p.startswith(f"{q}.") for q in listed)]
+    assert not uncovered, f"dvc.yaml register params lack {uncovered}"
