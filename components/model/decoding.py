@@ -729,11 +729,13 @@ def with_row_candidates(
     by `sequence_log_probs`. -1 / -inf where fewer items are left."""
     device = item_logp.device
     leaves = result.leaves.to(device)
-    blocked = torch.zeros_like(item_logp, dtype=torch.bool)
-    blocked.scatter_(1, leaves.clamp(min=0), leaves >= 0)
+    n_items = item_logp.shape[1]
+    # the leaves' items are blocked; an absent leaf (-1) marks a spare last column, dropped
+    blocked = torch.zeros((len(leaves), n_items + 1), dtype=torch.bool, device=device)
+    blocked = blocked.scatter_(1, leaves.masked_fill(leaves < 0, n_items), True)[:, :n_items]
     if exclude is not None:
         blocked |= exclude.to(device)
-    count = min(count, item_logp.shape[1])  # a catalogue smaller than the count asked
+    count = min(count, n_items)  # a catalogue smaller than the count asked
     values, extra = item_logp.masked_fill(blocked, -torch.inf).topk(count, dim=1)
     extra = extra.masked_fill(values == -torch.inf, -1)
     codes = item_codes.to(device)[extra.clamp(min=0)]  # [P, count, levels]

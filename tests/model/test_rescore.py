@@ -216,6 +216,43 @@ def test_missed_items_are_scored_over_the_search_or_alone_alike() -> None:
         assert got == set(range(N_ITEMS)) - set(_split().seen[row].tolist())
 
 
+def test_an_absent_leaf_does_not_unblock_item_zero() -> None:
+    """A beam with fewer leaves than its width (-1) next to item 0: item 0 stays a leaf only,
+    never a row candidate too."""
+    rec, codes = _rec(in_head="training"), _codes()
+    rec.model.eval()
+    prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES[:1]]
+    steps = []
+    beam = constrained_beam_search(
+        rec.model,
+        prompts,
+        rec.code_token_ids,
+        PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=4,
+        top_k=4,
+        steps_out=steps,
+    )
+    leaves = torch.tensor([[0] + [-1] * 3])  # item 0, then absent leaves (-1 written last)
+    short = type(beam)(
+        codes=beam.codes, scores=beam.scores.masked_fill(leaves < 0, -torch.inf), leaves=leaves
+    )
+    items = torch.zeros((1, N_ITEMS))
+    items[0, 0] = 5.0  # the item rows' favourite is item 0, already a leaf
+    union = with_row_candidates(
+        rec.model,
+        steps[0],
+        prompts,
+        short,
+        items,
+        torch.from_numpy(codes),
+        rec.code_token_ids,
+        N_ITEMS,
+    )
+    added = [i for i in union.leaves[0, 4:].tolist() if i >= 0]
+    assert 0 not in added
+    assert sorted(added) == list(range(1, N_ITEMS))
+
+
 def test_weight_zero_keeps_the_beams_order() -> None:
     rec, codes = _rec(in_head="training"), _codes()
     prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES]
