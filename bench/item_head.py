@@ -19,7 +19,7 @@ test users, with the run's own evaluate settings (seen items excluded, beam, top
   `evaluate.item_weight` = w.
 
 With --row-candidates M..., also `both, w, +M`: the same with the item rows' best M unseen
-items the beam missed added to its leaves (`evaluate.row_candidates` = M; evaluation's own
+items the beam missed added to its leaves (`evaluate.row_candidates` = M; the steps of evaluation's
 `rescored_beam_search`).
 
 With --headroom, what better identifiers could give at most under that ranking: the share of
@@ -58,9 +58,9 @@ from components.model.decoding import (  # noqa: E402
     PrefixTrie,
     constrained_beam_search,
     rescore_with_item_rows,
-    rescored_beam_search,
     search_item_log_probs,
     sequence_log_probs,
+    with_row_candidates,
 )
 from components.model.head import item_rows  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
@@ -141,10 +141,12 @@ def rank_all(
             )
             lists = {"shortlist": [], "rows' shortlist": []}
         item_rank = []
+        pad = rec.tokenizer.pad_token_id or 0
         for start in range(0, n, batch):
             rows = list(range(start, min(n, start + batch)))
             prompts = [builder.seqrec_prompt(data.histories[r]) for r in rows]
             seen = seen_mask([data.seen[r] for r in rows], len(codes)) if cfg.exclude_seen else None
+            steps = []  # one search per batch; every ranking below re-uses it
             beam = constrained_beam_search(
                 rec.model,
                 prompts,
@@ -152,29 +154,31 @@ def rank_all(
                 trie,
                 beam_size=cfg.beam_size,
                 top_k=cfg.beam_size,
-                pad_id=rec.tokenizer.pad_token_id or 0,
+                pad_id=pad,
                 exclude=seen,
+                steps_out=steps,
             )
             ranked["identifiers"][rows] = beam.leaves[:, : cfg.top_k].numpy()
-            items = search_item_log_probs(rec.model, beam, prompts, rec.tokenizer.pad_token_id or 0)
+            items = search_item_log_probs(rec.model, beam, prompts, pad)
             for w in weights:  # as evaluation ranks with evaluate.item_weight = w
                 both = rescore_with_item_rows(beam, items, w, cfg.top_k)
                 ranked[f"both, w={w:g}"][rows] = both.leaves.numpy()
-            for w, m in unions:  # as evaluation ranks with evaluate.row_candidates = m
-                union = rescored_beam_search(
+            for m in row_candidates:  # as `rescored_beam_search` with evaluate.row_candidates = m
+                union = with_row_candidates(
                     rec.model,
+                    steps[0],
                     prompts,
+                    beam,
+                    items,
+                    item_codes,
                     rec.code_token_ids,
-                    trie,
-                    beam_size=cfg.beam_size,
-                    top_k=cfg.top_k,
-                    pad_id=rec.tokenizer.pad_token_id or 0,
-                    exclude=seen,
-                    item_weight=w,
-                    item_codes=item_codes,
-                    row_candidates=m,
+                    m,
+                    seen,
+                    pad,
                 )
-                ranked[f"both, w={w:g}, +{m}"][rows] = union.leaves.numpy()
+                for w in weights:
+                    both = rescore_with_item_rows(union, items, w, cfg.top_k)
+                    ranked[f"both, w={w:g}, +{m}"][rows] = both.leaves.numpy()
             if seen is not None:
                 items = items.masked_fill(seen, -torch.inf)
             item_rank.append(top_k(items, cfg.top_k))
