@@ -9,7 +9,8 @@
 
 Data: synthetic `seqrec` windows as the train stage builds them (PromptBuilder, 20 items of
 history, 3-level identifiers of 256 codes). Both trainers start from the same freshly created
-model (same seed) and take `--warmup` untimed steps, then `--steps` timed ones. Ours: length
+model (same seed; the tiny Llama with `model.residual_dropout`'s hooks, as the train stage
+builds it) and take `--warmup` untimed steps, then `--steps` timed ones. Ours: length
 bucketing and the output head only at labelled positions. Theirs: defaults (random order,
 full-vocabulary logits at every position), same batch size, learning rate and clipping.
 
@@ -62,6 +63,7 @@ from transformers import Trainer as HFTrainer  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
 from components.config import ModelConfig, TrainConfig  # noqa: E402
+from components.model.regularization import add_residual_dropout  # noqa: E402
 from components.model.prompts import Example  # noqa: E402
 from components.model.recommender import GenerativeRecommender, pick_device  # noqa: E402
 from components.model.training import (  # noqa: E402
@@ -268,6 +270,8 @@ def bench(
     device = pick_device()
     fresh = GenerativeRecommender.create(model_cfg, CODEBOOKS, item_texts(n_items), seed=0)
     fresh.model.to(device)
+    if fresh.architecture == "llama" and fresh.profile == "tiny":  # as the train stage does
+        add_residual_dropout(fresh.model, model_cfg.residual_dropout)  # both trainers
     examples = synthetic_examples(fresh, n_items, n_users)
     default = "bf16" if device.type == "cuda" else "fp32"  # the transformers Trainer's
     ours_precision = training_precision(device)

@@ -322,6 +322,13 @@ class SiitConfig(Strict):
     )
     min_churn: float = Field(0.01, ge=0, le=1, description="stop refining once churn falls below")
     batch_size: int = Field(32, gt=0)
+    effect_windows: int = Field(
+        2048,
+        ge=0,
+        description="immediate effect: the training windows (a fixed random sample of this many, "
+        "drawn with train.seed) whose seqrec loss is scored with the old and the refined map; "
+        "0 = every window",
+    )
 
 
 class EvaluateConfig(Strict):

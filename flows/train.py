@@ -197,8 +197,10 @@ def refine_task(
 
 
 @task(name="seqrec-loss", cache_policy=NO_CACHE)
-def seqrec_loss_task(session: TrainingSession, reuse: WindowLosses | None = None) -> WindowLosses:
-    return session.seqrec_loss(reuse)
+def seqrec_loss_task(
+    session: TrainingSession, sample: int, reuse: WindowLosses | None = None
+) -> WindowLosses:
+    return session.seqrec_loss(reuse, sample=sample)
 
 
 @task(name="save-checkpoint", cache_policy=NO_CACHE, **IO)
@@ -370,13 +372,14 @@ def round_task(
     ):
         row, best = _train_round(session, r, round_epochs[r], state, params, logger)
         if mode == "siit" and not last and not state.converged:
-            loss_old = seqrec_loss_task(session)
+            loss_old = seqrec_loss_task(session, params.siit.effect_windows)
             session.step()
             new_codes, stats = refine_task(session, params, r)
             session.set_codes(new_codes)
             valid_new, ranked_new = evaluate_task(session, "valid")
             _record_ranks(state, session, ranked_new, r + 1)
-            loss_new = seqrec_loss_task(session, loss_old)  # only windows with a moved item
+            # the same windows; only those with a moved item are scored again
+            loss_new = seqrec_loss_task(session, params.siit.effect_windows, loss_old)
             # the refined map with the same model is a candidate too (chosen on validation)
             if _improves(state, valid_new):
                 state.best_round, state.best_epoch = r, session.trainer.epoch
@@ -401,8 +404,8 @@ def round_task(
             )
             logger.info(
                 "round %d: churn %.3f, collisions before %.3f; immediate effect: valid "
-                "ndcg@10 %.4f -> %.4f, seqrec loss %.4f -> %.4f (%.0f%% of the windows hold a "
-                "moved item)",
+                "ndcg@10 %.4f -> %.4f, seqrec loss %.4f -> %.4f (over %d training windows, "
+                "%.0f%% of them hold a moved item)",
                 r,
                 stats["churn"],
                 stats["collision_rate_before"],
@@ -410,6 +413,7 @@ def round_task(
                 effect["valid_ndcg@10_new"],
                 effect["seqrec_loss_old"],
                 effect["seqrec_loss_new"],
+                len(loss_new.windows),
                 100 * loss_new.rescored_share,
             )
         state.history.append(_flat_row(r, row))

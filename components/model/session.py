@@ -117,15 +117,21 @@ class TrainingSession:
         return evaluate_model(self.rec, self.dataset, self.codes, self.eval_cfg, split)
 
     @torch.no_grad()
-    def seqrec_loss(self, reuse: WindowLosses | None = None, batch_size: int = 256) -> WindowLosses:
+    def seqrec_loss(
+        self, reuse: WindowLosses | None = None, batch_size: int = 256, sample: int = 0
+    ) -> WindowLosses:
         """Next-item loss (nats per identifier token) over the training targets with the
         current map, dropout off, in the training's precision (bf16 autocast where it trains
         so): how well the map fits what the model has learned.
 
-        reuse: the same model's losses under another map (the map before a refinement). Only
-        the windows holding an item whose identifier differs between the two maps are scored
-        again; every other window reads the same tokens, so its loss is taken over. A second
-        refinement moves about 1% of the identifiers, and most windows then hold none of them.
+        sample > 0: over that many training windows only, a random sample fixed by
+        `train.seed` (the same windows on every call; `siit.effect_windows`), else all.
+
+        reuse: the same model's losses under another map (the map before a refinement), over
+        the same windows. Only the windows holding an item whose identifier differs between
+        the two maps are scored again; every other window reads the same tokens, so its loss
+        is taken over. A second refinement moves about 1% of the identifiers, and most windows
+        then hold none of them.
         """
         windows = seqrec_windows(
             self.train_sequences,
@@ -134,10 +140,16 @@ class TrainingSession:
             stride=self.stride,
             banded=self.banded,
         )
+        index = np.arange(len(windows))
+        if 0 < sample < len(windows):
+            rng = np.random.default_rng(self.train_cfg.seed)
+            index = np.sort(rng.choice(len(windows), sample, replace=False))
+            windows = [windows[i] for i in index]
         band = self.dataset.max_history if self.banded else 0
-        if reuse is not None and len(reuse.sums) != len(windows):
+        if reuse is not None and not np.array_equal(reuse.windows, index):
             raise ValueError(
-                f"window losses to reuse cover {len(reuse.sums)} windows, this data has {len(windows)}"
+                f"window losses to reuse cover {len(reuse.windows)} windows, not the "
+                f"{len(index)} asked for here (other data, or another sample)"
             )
         sums = reuse.sums.copy() if reuse is not None else np.zeros(len(windows))
         counts = np.array([(len(w) - h) * self.codes.shape[1] for w, h in windows], dtype=np.int64)
@@ -160,17 +172,19 @@ class TrainingSession:
                 loss = response_loss(self.rec.model, batch, per_row=True)
             sums[rows] = loss.double().cpu().numpy()
         self.rec.model.train(was_training)
-        return WindowLosses(self.codes.copy(), sums, counts, rescored=len(todo))
+        return WindowLosses(self.codes.copy(), sums, counts, rescored=len(todo), windows=index)
 
 
 @dataclass
 class WindowLosses:
-    """Summed next-item loss of every training window (`seqrec_windows` order) under `codes`."""
+    """Summed next-item loss of the training windows scored (`seqrec_windows` order; all of
+    them, or a fixed sample) under `codes`."""
 
     codes: np.ndarray
     sums: np.ndarray  # float64, nats per window
     counts: np.ndarray  # identifier tokens each window predicts
     rescored: int  # windows this pass computed (the rest were taken over)
+    windows: np.ndarray  # which of the training windows (all, or a sample), ascending
 
     @property
     def mean(self) -> float:

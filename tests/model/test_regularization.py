@@ -43,3 +43,22 @@ def test_dropout_acts_in_training_only_and_leaves_weights_alone() -> None:
 
 def test_zero_dropout_adds_no_hooks() -> None:
     assert add_residual_dropout(_model(), 0.0) == []
+
+
+def test_dropout_zeroes_at_its_rate_and_scales_as_torch_does() -> None:
+    from components.model.regularization import dropout
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.ones(64, 80, 128, dtype=dtype, requires_grad=True)
+        y = dropout(x, 0.1)
+        # F.dropout's 1 / (1 - p) (p to 2**-16), in x's dtype
+        scaled = torch.tensor(65536 / (65536 - round(0.1 * 65536)), dtype=dtype)
+        assert y.dtype == dtype and set(y.unique().tolist()) == {0.0, float(scaled)}
+        assert abs(float((y == 0).float().mean()) - 0.1) < 0.003
+        y.sum().backward()
+        assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask
+    torch.manual_seed(1)
+    a = dropout(torch.ones(1000), 0.3)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(torch.ones(1000), 0.3))  # seeded: reproducible

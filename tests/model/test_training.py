@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from components.config import TrainConfig
 from components.model import training
 from components.model.prompts import IGNORE, Example
-from components.model.regularization import add_residual_dropout
+from components.model.regularization import add_residual_dropout, keep_mask
 from components.model.training import (
     Batch,
     Trainer,
@@ -134,7 +134,7 @@ def test_fast_path_runs_residual_dropout_hooks_and_declines_other_hooks() -> Non
 def test_attention_dropout_mask_rate_and_scale() -> None:
     torch.manual_seed(0)
     shape = torch.Size([64, 100, 100])
-    keep, scale = training._dropout_keep(shape, 0.1, torch.bfloat16, torch.device("cpu"))
+    keep, scale = keep_mask(shape, 0.1, torch.bfloat16, torch.device("cpu"))
     assert keep.dtype == torch.bfloat16 and keep.shape == shape
     assert set(keep.unique().tolist()) == {0.0, 1.0}
     assert abs(float(keep.float().mean()) - 0.9) < 0.005
@@ -322,6 +322,30 @@ def test_seqrec_loss_after_a_refinement_scores_only_windows_with_a_moved_item(ba
     assert full.counts.sum() == collate(rows, pad_id=0).n_label_tokens
     assert all((row.band is not None) == banded for row in rows)
     assert session.train_epoch()["loss"] > 0
+
+
+def test_seqrec_loss_over_a_sample_is_the_full_passs_on_those_windows() -> None:
+    """`siit.effect_windows`: a fixed sample of the windows (the same on every call, by
+    train.seed), each scored as the full pass scores it; reuse must cover the same sample."""
+    codes = np.array([[i // 4, i % 4] for i in range(10)])
+    session = _session(codes)
+    full = session.seqrec_loss()
+    n = len(full.sums)
+    sample = session.seqrec_loss(sample=n // 2)
+    assert len(sample.windows) == n // 2 and np.all(np.diff(sample.windows) > 0)
+    np.testing.assert_array_equal(session.seqrec_loss(sample=n // 2).windows, sample.windows)
+    np.testing.assert_allclose(sample.sums, full.sums[sample.windows], rtol=1e-5)
+    np.testing.assert_array_equal(sample.counts, full.counts[sample.windows])
+    np.testing.assert_array_equal(session.seqrec_loss(sample=n).windows, np.arange(n))  # all
+    refined = codes.copy()
+    refined[9] = [3, 3]
+    session.set_codes(refined)
+    reused = session.seqrec_loss(sample, sample=n // 2)
+    np.testing.assert_allclose(
+        reused.sums, session.seqrec_loss().sums[sample.windows], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="windows"):
+        session.seqrec_loss(full, sample=n // 2)  # another set of windows
 
 
 def _windows(session) -> list:
