@@ -63,9 +63,9 @@ from transformers import Trainer as HFTrainer  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
 from components.config import ModelConfig, TrainConfig  # noqa: E402
-from components.model.regularization import add_residual_dropout  # noqa: E402
 from components.model.prompts import Example  # noqa: E402
 from components.model.recommender import GenerativeRecommender, pick_device  # noqa: E402
+from components.model.regularization import add_residual_dropout  # noqa: E402
 from components.model.training import (  # noqa: E402
     Trainer,
     collate,

@@ -341,9 +341,7 @@ def test_seqrec_loss_over_a_sample_is_the_full_passs_on_those_windows() -> None:
     refined[9] = [3, 3]
     session.set_codes(refined)
     reused = session.seqrec_loss(sample, sample=n // 2)
-    np.testing.assert_allclose(
-        reused.sums, session.seqrec_loss().sums[sample.windows], rtol=1e-5
-    )
+    np.testing.assert_allclose(reused.sums, session.seqrec_loss().sums[sample.windows], rtol=1e-5)
     with pytest.raises(ValueError, match="windows"):
         session.seqrec_loss(full, sample=n // 2)  # another set of windows
 
