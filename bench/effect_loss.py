@@ -13,6 +13,10 @@ token maps by round (`<run>/artifacts/token_maps/round_*.parquet`), and for each
 pass reusing the old one, and prints how far the two new-map losses are apart. The model is
 the run's final one, not the one that refined (that one is not kept), so the losses are not
 the logged ones; the windows each map change touches, and so the work saved, are the run's.
+
+A second table puts the full passes next to what the stage computes by default: both passes
+over a fixed sample of `--sample` windows (default: the run's `siit.effect_windows`), the
+second reusing the first, with the sampled loss change next to the full one.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT, help="project or bench run folder")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "processed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default")
+    parser.add_argument(
+        "--sample", type=int, default=None, help="windows sampled; default siit.effect_windows"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +80,7 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     total_full = total_reuse = 0.0
+    fulls = []  # (old, reusing new, seconds of both) per refinement
     for r in range(len(codes) - 1):
         session.set_codes(codes[r])
         old, t_old = timed(session.seqrec_loss)
@@ -82,6 +90,7 @@ def main() -> None:
         churn = float((codes[r] != codes[r + 1]).any(axis=1).mean())
         total_full += t_old + t_full
         total_reuse += t_old + t_reuse
+        fulls.append((old, reused, t_old + t_reuse))
         print(
             f"| {r} -> {r + 1} | {churn:.3f} | {reused.rescored_share:.1%} | {t_old:.1f} | "
             f"{t_full:.1f} | {t_reuse:.1f} | {1 - t_reuse / t_full:.0%} | "
@@ -91,6 +100,23 @@ def main() -> None:
         f"\nboth passes of every refinement: {total_full:.1f} s with a full second pass, "
         f"{total_reuse:.1f} s reusing ({1 - total_reuse / total_full:.0%} less)"
     )
+    sample = params.siit.effect_windows if args.sample is None else args.sample
+    print(
+        f"\n| refinement | windows | loss old -> new, every window | both passes (s) | "
+        f"loss old -> new, {sample} sampled | both passes (s) |"
+    )
+    print("|---|---:|---|---:|---|---:|")
+    for r, (full_old, full_new, t_full) in enumerate(fulls):
+        session.set_codes(codes[r])
+        old, t_old = timed(lambda: session.seqrec_loss(sample=sample))
+        session.set_codes(codes[r + 1])
+        new, t_new = timed(lambda old=old: session.seqrec_loss(old, sample=sample))
+        print(
+            f"| {r} -> {r + 1} | {len(full_old.sums)} | {full_old.mean:.4f} -> "
+            f"{full_new.mean:.4f} ({full_new.mean - full_old.mean:+.4f}) | {t_full:.1f} | "
+            f"{old.mean:.4f} -> {new.mean:.4f} ({new.mean - old.mean:+.4f}) | "
+            f"{t_old + t_new:.1f} |"
+        )
 
 
 if __name__ == "__main__":
