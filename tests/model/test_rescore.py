@@ -89,17 +89,28 @@ def test_the_search_keeps_its_prompts_hidden_states_for_the_item_rows() -> None:
     )
 
 
+def _search(rec, codes, prompts, width: int, **options):
+    """The trie beam search over `codes` with `width` beams and leaves."""
+    return constrained_beam_search(
+        rec.model,
+        prompts,
+        rec.code_token_ids,
+        PrefixTrie.from_codes(codes, rec.codebook_sizes),
+        beam_size=width,
+        top_k=width,
+        **options,
+    )
+
+
 def _one_user(rec, codes, history, seen, cfg: EvaluateConfig) -> list[int]:
     """One user alone (no batch, no padding): the beam's leaves (and the item rows' best
     `cfg.row_candidates` unseen items it missed, scored one by one), re-ranked by hand."""
     prompt = rec.prompt_builder(codes).seqrec_prompt(history)
-    beam = constrained_beam_search(
-        rec.model,
+    beam = _search(
+        rec,
+        codes,
         [prompt],
-        rec.code_token_ids,
-        PrefixTrie.from_codes(codes, rec.codebook_sizes),
-        beam_size=cfg.beam_size,
-        top_k=cfg.beam_size,
+        cfg.beam_size,
         pad_id=rec.tokenizer.pad_token_id or 0,
         exclude=seen_mask([seen], len(codes)),
     )
@@ -223,15 +234,7 @@ def test_an_absent_leaf_does_not_unblock_item_zero() -> None:
     rec.model.eval()
     prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES[:1]]
     steps = []
-    beam = constrained_beam_search(
-        rec.model,
-        prompts,
-        rec.code_token_ids,
-        PrefixTrie.from_codes(codes, rec.codebook_sizes),
-        beam_size=4,
-        top_k=4,
-        steps_out=steps,
-    )
+    beam = _search(rec, codes, prompts, 4, steps_out=steps)
     leaves = torch.tensor([[0] + [-1] * 3])  # item 0, then absent leaves (-1 written last)
     short = type(beam)(
         codes=beam.codes, scores=beam.scores.masked_fill(leaves < 0, -torch.inf), leaves=leaves
@@ -256,14 +259,7 @@ def test_an_absent_leaf_does_not_unblock_item_zero() -> None:
 def test_weight_zero_keeps_the_beams_order() -> None:
     rec, codes = _rec(in_head="training"), _codes()
     prompts = [rec.prompt_builder(codes).seqrec_prompt(h) for h in HISTORIES]
-    beam = constrained_beam_search(
-        rec.model,
-        prompts,
-        rec.code_token_ids,
-        PrefixTrie.from_codes(codes, rec.codebook_sizes),
-        beam_size=6,
-        top_k=6,
-    )
+    beam = _search(rec, codes, prompts, 6)
     same = rescore_with_item_rows(beam, item_log_probs(rec.model, prompts), 0.0, 3)
     assert torch.equal(same.leaves, beam.leaves[:, :3])
     assert torch.equal(same.codes, beam.codes[:, :3])
