@@ -1,0 +1,129 @@
+"""A/B of one change to the training step, in one process, alternating runs.
+
+    python bench/train_ab.py item-logits                      # one thread, 6 runs of each
+    python bench/train_ab.py item-logits --threads 2 --repeats 4
+    python bench/train_ab.py dropout                          # 2026-12-01's residual-dropout masks
+
+The default tiny Llama (`ModelConfig()`: item rows, residual dropout 0.1; `TrainConfig()`'s
+item loss) trains on `bench/train_throughput.py`'s synthetic seqrec windows with our `Trainer` in
+its precision, once per variant of the comparison chosen; the first variant is the old way,
+the last today's. Runs alternate (A B, B A, ...) from the same fresh model, so a drifting
+machine hurts both alike; the table gives each variant's median and best tokens/s (wall
+clock). Comparisons:
+
+- `dropout`: the residual-dropout hooks' masks drawn with `F.dropout` (bernoulli_) or with
+  `components.model.regularization.keep_mask`;
+- `item-logits`: `train.item_loss`'s logits over the item rows from a second matmul, or taken
+  from the output head's logits, which cover the same rows in training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, bench/ is sys.path[0]: the project root goes first.
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import copy  # noqa: E402
+import statistics  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import train_throughput as tt  # noqa: E402
+
+from components.config import ModelConfig, TrainConfig  # noqa: E402
+from components.model import regularization, training  # noqa: E402
+from components.model.recommender import GenerativeRecommender  # noqa: E402
+
+
+@contextlib.contextmanager
+def patched(module, name: str, value) -> Iterator[None]:
+    """`module.name` is `value` inside (what the training step looks up at call time)."""
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)
+
+
+def bernoulli_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    return F.dropout(x, p, training=True)
+
+
+def separate_item_logits(model, input_ids, selected, features, head_logits=None):
+    """`next_item_loss` as before 2026-12-01: its own matmul over the item rows."""
+    return NEXT_ITEM_LOSS(model, input_ids, selected, features, None)
+
+
+NEXT_ITEM_LOSS = training.next_item_loss
+Variant = Callable[[], contextlib.AbstractContextManager]
+COMPARISONS: dict[str, dict[str, Variant]] = {
+    "dropout": {
+        "F.dropout (bernoulli_)": lambda: patched(regularization, "dropout", bernoulli_dropout),
+        "keep_mask": lambda: patched(regularization, "dropout", regularization.dropout),
+    },
+    "item-logits": {
+        "item logits: a second matmul": lambda: patched(
+            training, "next_item_loss", separate_item_logits
+        ),
+        "item logits: the head's columns": contextlib.nullcontext,
+    },
+}
+
+
+def measure(
+    variants: dict[str, Variant], repeats: int, steps: int, warmup: int, n_items: int, n_users: int
+) -> dict[str, list[float]]:
+    model_cfg = ModelConfig()
+    fresh = GenerativeRecommender.create(model_cfg, tt.CODEBOOKS, tt.item_texts(n_items), seed=0)
+    regularization.add_residual_dropout(fresh.model, model_cfg.residual_dropout)
+    examples = tt.synthetic_examples(fresh, n_items, n_users)
+    cfg = TrainConfig(batch_size=64, lr=3e-3)
+    precision = training.training_precision(torch.device("cpu"))
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(repeats):
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            with variants[name]():
+                runs[name].append(
+                    tt.ours(copy.deepcopy(fresh), examples, cfg, warmup, steps, precision)
+                )
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("comparison", choices=sorted(COMPARISONS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=6, help="runs of each variant, alternating")
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=500)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    variants = COMPARISONS[args.comparison]
+    runs = measure(variants, args.repeats, args.steps, args.warmup, args.items, args.users)
+    first = next(iter(variants))
+    base = statistics.median(runs[first])
+    precision = training.training_precision(torch.device("cpu"))
+    print(
+        f"{args.comparison}: {args.threads} thread(s), {args.repeats} x {args.steps} steps "
+        f"each, batch 64, {precision}\n"
+    )
+    print(f"| variant | median tokens/s | best tokens/s | median vs {first} |")
+    print("|---|---:|---:|---:|")
+    for name, values in runs.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:,.0f} | {max(values):,.0f} | {median / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
