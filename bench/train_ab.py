@@ -1,8 +1,7 @@
 """A/B of one change to the training step, in one process, alternating runs.
 
-    python bench/train_ab.py item-logits                      # one thread, 6 runs of each
-    python bench/train_ab.py item-logits --threads 2 --repeats 4
-    python bench/train_ab.py dropout                          # 2026-12-01's residual-dropout masks
+    python bench/train_ab.py dropout                    # one thread, 6 runs of each
+    python bench/train_ab.py dropout --threads 2 --repeats 4
 
 The default tiny Llama (`ModelConfig()`: item rows, residual dropout 0.1; `TrainConfig()`'s
 item loss) trains on `bench/train_throughput.py`'s synthetic seqrec windows with our `Trainer` in
@@ -12,9 +11,12 @@ machine hurts both alike; the table gives each variant's median and best tokens/
 clock). Comparisons:
 
 - `dropout`: the residual-dropout hooks' masks drawn with `F.dropout` (bernoulli_) or with
-  `components.model.regularization.keep_mask`;
-- `item-logits`: `train.item_loss`'s logits over the item rows from a second matmul, or taken
-  from the output head's logits, which cover the same rows in training.
+  `components.model.regularization.keep_mask` (adopted).
+
+A comparison tried and not kept stays in the commit that measured it (docs/benchmarks.md):
+`item-logits` at eb4e878, `train.item_loss`'s item logits as the output head's columns
+instead of a second matmul (0.96-0.97x: the slices' backward writes two head-sized zero
+tensors).
 """
 
 from __future__ import annotations
@@ -56,23 +58,11 @@ def bernoulli_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return F.dropout(x, p, training=True)
 
 
-def separate_item_logits(model, input_ids, selected, features, head_logits=None):
-    """`next_item_loss` as before 2026-12-01: its own matmul over the item rows."""
-    return NEXT_ITEM_LOSS(model, input_ids, selected, features, None)
-
-
-NEXT_ITEM_LOSS = training.next_item_loss
 Variant = Callable[[], contextlib.AbstractContextManager]
 COMPARISONS: dict[str, dict[str, Variant]] = {
     "dropout": {
         "F.dropout (bernoulli_)": lambda: patched(regularization, "dropout", bernoulli_dropout),
         "keep_mask": lambda: patched(regularization, "dropout", regularization.dropout),
-    },
-    "item-logits": {
-        "item logits: a second matmul": lambda: patched(
-            training, "next_item_loss", separate_item_logits
-        ),
-        "item logits: the head's columns": contextlib.nullcontext,
     },
 }
 

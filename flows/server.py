@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -29,7 +30,7 @@ def _free_port() -> int:
 def local_prefect_server(home: Path, timeout_s: float = 120) -> Iterator[str]:
     """Start `prefect server start` on 127.0.0.1 and yield its API URL until the block ends."""
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     log_path = home / "server.log"
@@ -53,14 +54,10 @@ def local_prefect_server(home: Path, timeout_s: float = 120) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}/api"
         try:
-            _wait_healthy(url, proc, log_path, timeout_s)
+            wait_healthy(f"{url}/health", proc, log_path, timeout_s, "Prefect server")
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_processes([proc], 20)
             watchdog.kill()
             watchdog.wait()
 
@@ -89,11 +86,15 @@ if alive():
 """
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def wait_healthy(
+    health_url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float, name: str
+) -> None:
+    """Poll `health_url` until it answers 200; if `proc` (the server `name`, logging to
+    `log_path`) exits first or `timeout_s` passes, kill it and raise with the log's tail."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            with urllib.request.urlopen(health_url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -101,7 +102,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: f
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(
-                f"Prefect server did not start; last log lines:\n{log_path.read_text()[-2000:]}"
+                f"{name} did not start; last log lines:\n{log_path.read_text()[-3000:]}"
             )
         time.sleep(0.5)
 

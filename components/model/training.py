@@ -315,17 +315,14 @@ def response_loss(
         if levels is not None:
             logits, targets = _level_logits(logits, targets, selected, levels)
     if not per_row:
-        scores = logits.float()
-        loss = F.cross_entropy(scores, targets[selected])
+        loss = F.cross_entropy(logits.float(), targets[selected])
         if item_weight:
             if features is None:
                 raise ValueError(
                     f"train.item_loss ({item_weight}) trains through a decoder-only model's "
                     f"hidden states; {type(model).__name__} has none to give: set it to 0"
                 )
-            items = next_item_loss(
-                model, batch.input_ids, selected, features, None if levels else scores
-            )
+            items = next_item_loss(model, batch.input_ids, selected, features)
             loss = loss + item_weight * items / selected.sum().clamp(min=1)
         return loss
     token = F.cross_entropy(logits.float(), targets[selected], reduction="none")
@@ -353,21 +350,12 @@ def next_item_positions(
 
 
 def next_item_loss(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    selected: torch.Tensor,
-    features: torch.Tensor,
-    head_logits: torch.Tensor | None = None,
+    model: torch.nn.Module, input_ids: torch.Tensor, selected: torch.Tensor, features: torch.Tensor
 ) -> torch.Tensor:
     """SASRec's objective on the generative model (`train.item_loss`): at every position that
     predicts a seqrec target's first code, the cross-entropy of that item among all item rows
     (the items' input embeddings, tied to the output head), summed over those positions.
-    `features` are the final hidden states at the `selected` positions, in their order.
-
-    `head_logits`, the output head's logits at the same positions: where they already cover
-    the item rows (tied, `model.item_inputs_in_head` true or `training` in training mode), the
-    item logits are their columns, not a second matmul over the same rows (one product, and
-    one gradient through it, instead of two)."""
+    `features` are the final hidden states at the `selected` positions, in their order."""
     rows = item_rows(model)
     if rows is None:
         raise ValueError(
@@ -375,16 +363,8 @@ def next_item_loss(
             "(set model.item_inputs true, or train.item_loss 0)"
         )
     at, items = next_item_positions(input_ids, selected, rows)
-    embeddings = model.get_input_embeddings().weight
-    end = rows.base + rows.count
-    if (
-        head_logits is not None
-        and head_logits.shape[-1] >= end
-        and output_weight(model).data_ptr() == embeddings.data_ptr()  # tied: the same rows
-    ):
-        logits = head_logits[at[selected], rows.base : end]
-    else:
-        logits = F.linear(features[at[selected]], embeddings[rows.base : end])
+    weight = model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
+    logits = F.linear(features[at[selected]], weight)
     return F.cross_entropy(logits.float(), items, reduction="sum")
 
 

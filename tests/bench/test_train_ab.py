@@ -9,8 +9,7 @@ import torch
 
 
 @pytest.mark.parametrize(
-    ("comparison", "module", "name"),
-    [("dropout", "regularization", "dropout"), ("item-logits", "training", "next_item_loss")],
+    ("comparison", "module", "name"), [("dropout", "regularization", "dropout")]
 )
 def test_variants_alternate_and_the_defaults_are_restored(
     bench_script, capsys, comparison, module, name

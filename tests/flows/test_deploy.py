@@ -11,7 +11,6 @@ carry no timings, and `dvc push` / `dvc pull` move data and models through a loc
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from components.tracking import dvc_md5
-from tests.flows.test_pipeline_dvc import REPO, TINY_PARAMS, _merge, run
+from tests.flows.test_pipeline_dvc import REPO, init_project, run
 
 BIN = Path(sys.executable).parent
 DEPLOYMENT = "retrain/test-retrain"
@@ -38,56 +37,25 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str
     from components.data.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("deploy")
-    for name in ("dvc.yaml", ".dvcignore"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, root / name)
-    for package in ("components", "flows"):
-        shutil.copytree(
-            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
     items, interactions = generate_synthetic(
         SyntheticSource(n_users=60, n_items=30, n_clusters=3, mean_length=8)
     )
     (root / "input").mkdir()
     items.write_csv(root / "input/items.csv")
     interactions.write_csv(root / "input/interactions.csv")
-    params = _merge(
-        yaml.safe_load((REPO / "params.yaml").read_text()),
-        _merge(
-            TINY_PARAMS,
-            {
-                "data": {
-                    "source": "files",
-                    "files": {
-                        "interactions": "input/interactions.csv",
-                        "items": "input/items.csv",
-                        "columns": {"rating": None},
-                        "text_columns": ["text"],
-                    },
-                },
-                "tokenize": {"codebook_size": 6},
-            },
-        ),
-    )
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        **prefect_env,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "OMP_NUM_THREADS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@localhost",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@localhost",
-    }
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\nlogs/\n")
-    run(["git", "init", "-q"], root, env)
-    run([str(BIN / "dvc"), "init", "-q"], root, env)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "init"], root, env)
+    files = {
+        "interactions": "input/interactions.csv",
+        "items": "input/items.csv",
+        "columns": {"rating": None},
+        "text_columns": ["text"],
+    }
+    env = init_project(
+        root,
+        prefect_env,
+        {"data": {"source": "files", "files": files}, "tokenize": {"codebook_size": 6}},
+        {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "OMP_NUM_THREADS": "1"},
+    )
     return root, env
 
 

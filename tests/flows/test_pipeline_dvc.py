@@ -54,12 +54,16 @@ def run(
     return proc
 
 
-@pytest.fixture(scope="module")
-def project(
-    tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
-) -> tuple[Path, dict[str, str]]:
-    """A fresh git + DVC repository holding the pipeline definition and tiny params."""
-    root = tmp_path_factory.mktemp("project")
+def init_project(
+    root: Path,
+    prefect_env: dict[str, str],
+    overrides: dict | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """`root` as a fresh git + DVC repository holding the pipeline definition, its code and
+    params.yaml with TINY_PARAMS and `overrides` merged in, all committed (files already in
+    `root`, such as input data or a .gitignore, are committed too); returns the environment
+    its commands run in."""
     for name in ("dvc.yaml", ".dvcignore"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, root / name)
@@ -67,7 +71,9 @@ def project(
         shutil.copytree(
             REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    params = _merge(
+        yaml.safe_load((REPO / "params.yaml").read_text()), _merge(TINY_PARAMS, overrides or {})
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -78,13 +84,23 @@ def project(
         "GIT_AUTHOR_EMAIL": "t@localhost",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@localhost",
+        **(extra_env or {}),
     }
     run(["git", "init", "-q"], root, env)
     run([str(BIN / "dvc"), "init", "-q"], root, env)
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "init"], root, env)
-    return root, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(
+    tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
+) -> tuple[Path, dict[str, str]]:
+    """A fresh git + DVC repository holding the pipeline definition and tiny params."""
+    root = tmp_path_factory.mktemp("project")
+    return root, init_project(root, prefect_env)
 
 
 def ran_stages(output: str) -> list[str]:

@@ -17,30 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.config import TrainConfig
 from components.model import distributed
 from components.model.prompts import IGNORE, Example
 from components.model.training import Trainer, collate, length_bucketed_batches, shard
+from tests.model.test_training import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB, EPOCHS, BATCH = 40, 6, 4
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def examples() -> list[Example]:
@@ -57,7 +42,7 @@ def examples() -> list[Example]:
 def train() -> tuple[dict[str, torch.Tensor], list[float]]:
     """The same code path with or without torchrun."""
     torch.set_num_threads(1)
-    model = tiny_llama()
+    model = tiny_llama(dropout=0.0, vocab=VOCAB)
     data = examples()
     # fp32: DDP and one process agree up to fp32 rounding (bf16 rounds the half batches apart)
     trainer = Trainer(

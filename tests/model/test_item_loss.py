@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from components.config import Params, TrainConfig
-from components.model.head import item_rows, output_weight
+from components.model.head import item_rows
 from components.model.prompts import IGNORE
 from components.model.training import (
     Trainer,
     _fast_llama,
     collate,
-    next_item_loss,
     next_item_positions,
     response_loss,
 )
@@ -112,32 +111,3 @@ def test_models_without_item_rows_to_score_ignore_it() -> None:
         with pytest.raises(ValueError, match="train.item_loss"):
             response_loss(rec.model, _batch(rec), item_weight=1.0)
     assert Trainer(_rec().model, TrainConfig(), 1, 1)._loss.item_weight == TrainConfig().item_loss
-
-
-@pytest.mark.parametrize("in_head", [True, "training"])
-def test_the_item_logits_are_the_heads_columns_where_it_covers_the_item_rows(in_head) -> None:
-    """In training the head's logits hold the item rows' columns (tied to the input rows), so
-    the item loss takes them rather than a second matmul: the same loss, and given other
-    logits of that width it scores those."""
-    rec = _rec(in_head=in_head)
-    rec.model.train()
-    batch = _batch(rec)
-    selected = batch.labels[:, 1:] != IGNORE
-    rows = item_rows(rec.model)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        features = torch.randn(int(selected.sum()), rec.model.config.hidden_size)
-        head = features @ output_weight(rec.model).T
-        assert head.shape[1] >= rows.base + rows.count
-        own = next_item_loss(rec.model, batch.input_ids, selected, features)
-        reused = next_item_loss(rec.model, batch.input_ids, selected, features, head)
-        flat = next_item_loss(
-            rec.model, batch.input_ids, selected, features, torch.zeros_like(head)
-        )
-        narrow = next_item_loss(
-            rec.model, batch.input_ids, selected, features, head[:, : rows.base]
-        )
-    torch.testing.assert_close(reused, own, rtol=1e-5, atol=1e-5)
-    n = int(next_item_positions(batch.input_ids, selected, rows)[0].sum())
-    torch.testing.assert_close(flat, torch.tensor(n * np.log(rows.count), dtype=flat.dtype))
-    torch.testing.assert_close(narrow, own)  # a head without the item rows: its own matmul

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.model.regularization import add_residual_dropout
+from tests.model.test_training import tiny_llama
 
 
-def _model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(cfg)
+def _model():
+    return tiny_llama(dropout=0.0)
 
 
 def test_dropout_acts_in_training_only_and_leaves_weights_alone() -> None:

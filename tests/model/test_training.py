@@ -24,10 +24,11 @@ from components.model.training import (
 VOCAB = 50
 
 
-def tiny_llama(dropout: float = 0.1, seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(dropout: float = 0.1, seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
+    """A random 2-layer Llama (hidden 32, tied head), its attention dropout `dropout`."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ import pytest
 
 from components import tracking
 from components.config import TrackingConfig
+from flows.server import free_port, stop_processes, wait_healthy
 from tests.serving.conftest import N_ITEMS
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: bytes | str | dict, timeout: float = 60) -> tuple[int, dict | str]:
@@ -72,7 +66,7 @@ def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # uvicorn from this environment
@@ -102,27 +96,11 @@ def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start:\n{(root / 'serve.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+        wait_healthy(f"{url}/ping", proc, root / "serve.log", 180, "model server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes([proc], 20)
         log.close()
 
 

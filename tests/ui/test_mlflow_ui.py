@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ import yaml
 
 from components import tracking
 from components.config import TrackingConfig
+from flows.server import free_port, stop_processes, wait_healthy
 from tests.flows.test_pipeline_dvc import REPO, TINY_PARAMS, _merge
 
 pytestmark = pytest.mark.ui
@@ -59,12 +58,6 @@ def _missing() -> str | None:
 
 if _missing():
     pytest.skip(_missing(), allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +105,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str
 @pytest.fixture(scope="module")
 def ui(finished_run):
     root, uri, _ = finished_run
-    port = _free_port()
+    port = free_port()
     log = (root / "ui.log").open("w")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
@@ -124,27 +117,11 @@ def ui(finished_run):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow ui did not start:\n{(root / 'ui.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.5)
+        wait_healthy(f"{url}/health", proc, root / "ui.log", 120, "mlflow ui")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes([proc], 20)
         log.close()
 
 
