@@ -88,8 +88,9 @@ def collaborative_map(work: Path, alpha: float, out: Path) -> dict:
 
 def code_agreement(a: Path, b: Path) -> tuple[float, float]:
     """How much two maps group the items alike, whatever the codes are called: the
-    normalised mutual information of their first codes, and of their two-code prefixes."""
-    from sklearn.metrics import normalized_mutual_info_score
+    mutual information of their first codes, and of their two-code prefixes, adjusted for
+    chance (0: no more alike than random groupings of the same sizes; 1: the same groups)."""
+    from sklearn.metrics import adjusted_mutual_info_score
 
     from components.tokenizers import TokenMap
 
@@ -99,8 +100,8 @@ def code_agreement(a: Path, b: Path) -> tuple[float, float]:
         return codes[:, 0] * (int(codes[:, 1].max()) + 1) + codes[:, 1]
 
     return (
-        normalized_mutual_info_score(ca[:, 0], cb[:, 0]),
-        normalized_mutual_info_score(prefix(ca), prefix(cb)),
+        adjusted_mutual_info_score(ca[:, 0], cb[:, 0]),
+        adjusted_mutual_info_score(prefix(ca), prefix(cb)),
     )
 
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                     static / "artifacts" / "tokenize" / "token_map.parquet", target
                 )
                 print(
-                    f"seed {seed} {name}: NMI with the text map, first codes {first:.3f}, two-code "
+                    f"seed {seed} {name}: AMI with the text map, first codes {first:.3f}, two-code "
                     f"prefixes {pairs:.3f}; collisions before {stats.get('collision_rate_before', float('nan')):.3f}",
                     file=sys.stderr,
                     flush=True,
