@@ -565,6 +565,33 @@ def _hooks(module: torch.nn.Module, inputs: tuple, output):
     return output
 
 
+class _Softmax(torch.autograd.Function):
+    """Softmax over the last dimension whose backward gives the same bits on any number of
+    threads: ATen's CPU softmax backward does not when a row's length is not a multiple of
+    the vector width (rows of 47 or 100 on AVX2, fp32), and the attention rows are as long as
+    each batch's longest sequence. The forward is ATen's; the backward, `y * (g - sum(g * y))`,
+    reduces each row on its own."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.softmax(x, -1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        gy = grad * y
+        return torch.addcmul(gy, y, gy.sum(-1, keepdim=True), value=-1)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, thread-count invariant in its gradient (`_Softmax`):
+    `train.concurrent` trains each model on a share of the threads, and must not change the
+    result."""
+    return _Softmax.apply(x)
+
+
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """LlamaRMSNorm on an fp32 input (the residual stream is fp32, also under autocast)."""
     return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
@@ -621,7 +648,7 @@ def _llama_hidden(
         k = qk[:, :, 1].transpose(1, 2).reshape(batch * heads, length, head_dim)
         v = qkv[:, :, 2].transpose(1, 2).reshape(batch * heads, length, head_dim)
         scores = torch.baddbmm(causal.to(q.dtype), q, k.transpose(1, 2), alpha=head_dim**-0.5)
-        probs = torch.softmax(scores, -1)
+        probs = softmax(scores)
         if dropout:
             keep, scale = keep_mask(probs.shape, dropout, probs.dtype, probs.device)
             out = torch.bmm(probs * keep, v) * scale

@@ -690,3 +690,57 @@ def test_a_model_that_cannot_take_bands_trains_on_plain_windows(monkeypatch, cap
     assert not session.banded and session.stride == 0
     assert "plain windows instead" in caplog.text
     assert all(row.band is None for row in session._examples(0)["seqrec"])
+
+
+def _on_threads(threads: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_softmax_gradient_is_the_same_on_any_number_of_threads() -> None:
+    """`training.softmax`: ATen's forward, a gradient within rounding of ATen's, and the same
+    bits on one and two threads for rows whose length is not a multiple of the vector width
+    (ATen's CPU backward is not: rows of 47 and 100 differed on an AVX2 machine)."""
+    torch.manual_seed(0)
+    scores = torch.randn(16, 47, 47).masked_fill(
+        torch.ones(47, 47, dtype=torch.bool).triu(1), -torch.inf
+    )
+    grad = torch.randn(16, 47, 47)
+
+    def gradient(fn):
+        x = scores.clone().requires_grad_()
+        y = fn(x)
+        y.backward(grad)
+        return y.detach(), x.grad
+
+    ours = [_on_threads(t, lambda: gradient(training.softmax)) for t in (1, 2)]
+    theirs = gradient(lambda x: torch.softmax(x, -1))
+    assert torch.equal(ours[0][0], theirs[0])  # the same forward
+    torch.testing.assert_close(ours[0][1], theirs[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours[0][1], ours[1][1])
+
+
+def test_training_gradients_are_the_same_on_one_and_two_threads() -> None:
+    """`train.concurrent` trains each model on a share of the threads (and hands a finished
+    model's threads to the other): the gradients, and so the models, must not depend on it."""
+    rng = np.random.default_rng(3)
+    data = [
+        Example(ids := (rng.integers(0, VOCAB, 47)).tolist(), [IGNORE] * 5 + ids[5:])
+        for _ in range(16)
+    ]
+    batch = collate(data, pad_id=0)
+    assert batch.input_ids.shape[1] % 8  # a row length off the vector width
+
+    def gradients():
+        model = tiny_llama(dropout=0.1).train()
+        add_residual_dropout(model, 0.1)
+        torch.manual_seed(0)
+        loss = response_loss(model, batch)
+        return [g.clone() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+    one, two = (_on_threads(t, gradients) for t in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
