@@ -11,7 +11,10 @@ machine hurts both alike; the table gives each variant's median and best tokens/
 clock). Comparisons:
 
 - `dropout`: the residual-dropout hooks' masks drawn with `F.dropout` (bernoulli_) or with
-  `components.model.regularization.keep_mask` (adopted).
+  `components.model.regularization.keep_mask` (adopted);
+- `softmax`: the attention softmax as ATen's `torch.softmax` or `training.softmax`, whose
+  backward gives the same bits on any number of threads (adopted: `train.concurrent` must not
+  change the models).
 
 A comparison tried and not kept stays in the commit that measured it (docs/benchmarks.md):
 `item-logits` at eb4e878, `train.item_loss`'s item logits as the output head's columns
@@ -58,11 +61,21 @@ def bernoulli_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return F.dropout(x, p, training=True)
 
 
+def aten_softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, -1)
+
+
 Variant = Callable[[], contextlib.AbstractContextManager]
 COMPARISONS: dict[str, dict[str, Variant]] = {
     "dropout": {
         "F.dropout (bernoulli_)": lambda: patched(regularization, "dropout", bernoulli_dropout),
         "keep_mask": lambda: patched(regularization, "dropout", regularization.dropout),
+    },
+    "softmax": {
+        "torch.softmax": lambda: patched(training, "softmax", aten_softmax),
+        "training.softmax (thread-invariant backward)": lambda: patched(
+            training, "softmax", training.softmax
+        ),
     },
 }
 

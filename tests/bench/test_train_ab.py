@@ -9,7 +9,8 @@ import torch
 
 
 @pytest.mark.parametrize(
-    ("comparison", "module", "name"), [("dropout", "regularization", "dropout")]
+    ("comparison", "module", "name"),
+    [("dropout", "regularization", "dropout"), ("softmax", "training", "softmax")],
 )
 def test_variants_alternate_and_the_defaults_are_restored(
     bench_script, capsys, comparison, module, name
