@@ -49,7 +49,7 @@ from components.siit.warm_start import (
     load_warm_start,
     warm_start_record,
 )
-from components.thread_share import ThreadShare
+from components.thread_share import SHARE_ENV, ThreadShare
 from components.tokenizers import TokenMap, embed_texts, validate_token_map
 from components.tokenizers.item_encoder import CONFIG_FILE as ENCODER_CONFIG
 from flows.common import IO, KEEP_CHECKPOINT_ENV, load_dataset_task, scalars, set_threads
@@ -256,6 +256,14 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg
     )
     share = ThreadShare.from_env()  # the `train` stage hands over the other model's threads
+    if os.environ.get(SHARE_ENV) and share.path is None:
+        logger.info(
+            "this CPU's matrix products round differently with the thread count: %s keeps its "
+            "%s thread(s) when the other model finishes, so that its results do not depend on "
+            "when that is",
+            mode,
+            os.environ.get("OMP_NUM_THREADS", "its"),
+        )
     session.on_step = lambda: _follow_share(share)
     maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
     state = state or RunState(fingerprint=fingerprint, parts=parts)

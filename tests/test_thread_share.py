@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from components import thread_share
 from components.thread_share import SHARE_ENV, ThreadShare, write_share
 
 
@@ -41,4 +42,24 @@ def test_garbage_or_no_share_changes_nothing(
     monkeypatch.delenv(SHARE_ENV, raising=False)
     assert ThreadShare.from_env().poll() is None
     monkeypatch.setenv(SHARE_ENV, str(path))
+    monkeypatch.setattr(thread_share, "thread_count_changes_results", lambda: False)
     assert ThreadShare.from_env().path == path
+
+
+def test_no_share_is_followed_where_the_thread_count_changes_results(
+    tmp_path: Path, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """There a model that followed would depend on when the other finished."""
+    monkeypatch.setenv(SHARE_ENV, str(tmp_path / "threads"))
+    monkeypatch.setattr(thread_share, "thread_count_changes_results", lambda: True)
+    share = ThreadShare.from_env()
+    write_share(tmp_path / "threads", threads + 1)
+    assert share.path is None and share.poll() is None
+    assert torch.get_num_threads() == threads
+
+
+def test_the_probe_compares_one_thread_with_many_and_restores_the_count(threads: int) -> None:
+    assert thread_share.thread_count_changes_results(threads=1) is False  # 1 against 1
+    torch.set_num_threads(1)
+    answer = thread_share.thread_count_changes_results(threads=2)
+    assert isinstance(answer, bool) and torch.get_num_threads() == 1
