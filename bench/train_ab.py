@@ -4,7 +4,7 @@
     python bench/train_ab.py dropout --threads 2 --repeats 4
 
 The default tiny Llama (`ModelConfig()`: item rows, residual dropout 0.1; `TrainConfig()`'s
-item loss) trains on `bench/train_throughput.py`'s synthetic seqrec windows with our `Trainer` in
+item loss; `t5-attention`: the tiny T5 of the same size) trains on `bench/train_throughput.py`'s synthetic seqrec windows with our `Trainer` in
 its precision, once per variant of the comparison chosen; the first variant is the old way,
 the last today's. Runs alternate (A B, B A, ...) from the same fresh model, so a drifting
 machine hurts both alike; the table gives each variant's median and best tokens/s (wall
@@ -14,7 +14,10 @@ clock). Comparisons:
   `components.model.regularization.keep_mask` (adopted);
 - `softmax`: the attention softmax as ATen's `torch.softmax` or `training.softmax`, whose
   backward gives the same bits on any number of threads (adopted: `train.concurrent` must not
-  change the models).
+  change the models);
+- `t5-attention`: the tiny T5 (`model.architecture: t5`) attending with transformers' sdpa
+  (its default) or `components.model.attention`'s eager attention with that softmax
+  (adopted, for the same reason).
 
 A comparison tried and not kept stays in the commit that measured it (docs/benchmarks.md):
 `item-logits` at eb4e878, `train.item_loss`'s item logits as the output head's columns
@@ -42,7 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
 from components.config import ModelConfig, TrainConfig  # noqa: E402
-from components.model import regularization, training  # noqa: E402
+from components.model import attention, regularization, training  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
 
 
@@ -65,6 +68,24 @@ def aten_softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x, -1)
 
 
+@contextlib.contextmanager
+def attention_as(name: str) -> Iterator[None]:
+    """Models switched to `attention.ATTENTION` attend with transformers' `name` attention
+    (and its mask) inside."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    tables = (AttentionInterface._global_mapping, AttentionMaskInterface._global_mapping)
+    before = [table[attention.ATTENTION] for table in tables]
+    for table in tables:
+        table[attention.ATTENTION] = table[name]
+    try:
+        yield
+    finally:
+        for table, value in zip(tables, before, strict=True):
+            table[attention.ATTENTION] = value
+
+
 Variant = Callable[[], contextlib.AbstractContextManager]
 COMPARISONS: dict[str, dict[str, Variant]] = {
     "dropout": {
@@ -77,15 +98,27 @@ COMPARISONS: dict[str, dict[str, Variant]] = {
             training, "softmax", training.softmax
         ),
     },
+    "t5-attention": {
+        "sdpa": lambda: attention_as("sdpa"),
+        "attention.attention (thread-invariant backward)": contextlib.nullcontext,
+    },
 }
+MODELS = {"t5-attention": ModelConfig(architecture="t5")}  # the rest: ModelConfig()
 
 
 def measure(
-    variants: dict[str, Variant], repeats: int, steps: int, warmup: int, n_items: int, n_users: int
+    variants: dict[str, Variant],
+    repeats: int,
+    steps: int,
+    warmup: int,
+    n_items: int,
+    n_users: int,
+    model_cfg: ModelConfig | None = None,
 ) -> dict[str, list[float]]:
-    model_cfg = ModelConfig()
+    model_cfg = model_cfg or ModelConfig()
     fresh = GenerativeRecommender.create(model_cfg, tt.CODEBOOKS, tt.item_texts(n_items), seed=0)
-    regularization.add_residual_dropout(fresh.model, model_cfg.residual_dropout)
+    if model_cfg.architecture == "llama":  # t5: its own dropout covers the residuals
+        regularization.add_residual_dropout(fresh.model, model_cfg.residual_dropout)
     examples = tt.synthetic_examples(fresh, n_items, n_users)
     cfg = TrainConfig(batch_size=64, lr=3e-3)
     precision = training.training_precision(torch.device("cpu"))
@@ -113,7 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = COMPARISONS[args.comparison]
-    runs = measure(variants, args.repeats, args.steps, args.warmup, args.items, args.users)
+    runs = measure(
+        variants,
+        args.repeats,
+        args.steps,
+        args.warmup,
+        args.items,
+        args.users,
+        MODELS.get(args.comparison),
+    )
     first = next(iter(variants))
     base = statistics.median(runs[first])
     precision = training.training_precision(torch.device("cpu"))

@@ -25,6 +25,7 @@ from transformers import (
 
 from components.config import ModelConfig
 from components.io import atomic_dir
+from components.model import attention
 from components.model.decoding import CodeLevels, is_encoder_decoder
 from components.model.head import ItemRows, set_output_size, trains_item_rows
 from components.model.prompts import PromptBuilder, template_texts
@@ -56,6 +57,8 @@ class GenerativeRecommender:
     item_inputs_in_head: bool | str = True
 
     def __post_init__(self) -> None:
+        if self.architecture == "t5":  # gradients the same on any number of threads
+            attention.use_on(self.model)
         tokens = [
             [code_token(lvl, c) for c in range(k)] for lvl, k in enumerate(self.codebook_sizes)
         ]

@@ -43,6 +43,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from components.config import TaskWeights, TrainConfig
 from components.io import atomic_write_bytes
 from components.model import distributed
+from components.model.attention import softmax
 from components.model.decoding import (
     CodeLevels,
     code_levels,
@@ -563,33 +564,6 @@ def _hooks(module: torch.nn.Module, inputs: tuple, output):
         if result is not None:
             output = result
     return output
-
-
-class _Softmax(torch.autograd.Function):
-    """Softmax over the last dimension whose backward gives the same bits on any number of
-    threads: ATen's CPU softmax backward does not when a row's length is not a multiple of
-    the vector width (rows of 47 or 100 on AVX2, fp32), and the attention rows are as long as
-    each batch's longest sequence. The forward is ATen's; the backward, `y * (g - sum(g * y))`,
-    reduces each row on its own."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = torch.softmax(x, -1)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        gy = grad * y
-        return torch.addcmul(gy, y, gy.sum(-1, keepdim=True), value=-1)
-
-
-def softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension, thread-count invariant in its gradient (`_Softmax`):
-    `train.concurrent` trains each model on a share of the threads, and must not change the
-    result."""
-    return _Softmax.apply(x)
 
 
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:

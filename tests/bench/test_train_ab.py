@@ -63,3 +63,47 @@ def test_variants_alternate_and_the_defaults_are_restored(
     assert all(n > 0 for n in calls.values()), calls  # the step called each in its turn
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
     assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
+
+
+def test_t5_attention_variants_attend_each_their_way(bench_script, capsys) -> None:
+    """`t5-attention`: the sdpa variant never reaches the thread-invariant softmax, today's
+    attends through it, and the attention tables are restored afterwards."""
+    torch.set_num_threads(1)
+    bench = bench_script("train_ab")
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from components.model import attention
+
+    calls = {variant: 0 for variant in bench.COMPARISONS["t5-attention"]}
+    current = []
+    real = attention.softmax
+
+    def spy(x):
+        calls[current[-1]] += 1
+        return real(x)
+
+    def tracked(variant, enter):
+        @contextlib.contextmanager
+        def entered():
+            current.append(variant)
+            with enter():
+                yield
+
+        return entered
+
+    bench.COMPARISONS["t5-attention"] = {
+        v: tracked(v, enter) for v, enter in bench.COMPARISONS["t5-attention"].items()
+    }
+    attention.softmax = spy
+    try:
+        bench.main(["t5-attention", "--repeats", "2", "--steps", "1", "--warmup", "0",
+                    "--items", "50", "--users", "8"])  # fmt: skip
+    finally:
+        attention.softmax = real
+    sdpa, ours = calls.values()
+    assert sdpa == 0 and ours > 0, calls
+    assert AttentionInterface._global_mapping[attention.ATTENTION] is attention.attention
+    assert AttentionMaskInterface._global_mapping[attention.ATTENTION].__name__ == "eager_mask"
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
+    assert len(rows) == 2 and rows[0].startswith("| sdpa |")

@@ -13,6 +13,7 @@ import yaml
 from transformers import T5ForConditionalGeneration
 
 from components.config import ConfigError, ModelConfig, SiitConfig, TrainConfig, load_params
+from components.model import attention
 from components.model.decoding import PrefixTrie, constrained_beam_search, sequence_log_probs
 from components.model.prompts import IGNORE, Example
 from components.model.recommender import META_FILE, GenerativeRecommender
@@ -34,6 +35,7 @@ from tests.model.test_decoding import (
     item_codes,
     tiny_t5,
 )
+from tests.model.test_training import _on_threads
 from tests.siit.test_warm_start import _params, make_champion
 
 PAD = 0  # also the decoder's start token, as in T5
@@ -164,6 +166,45 @@ def test_t5_trains_its_loss_falls_and_it_recommends_what_it_learned() -> None:
         torch.testing.assert_close(
             rows[0], response_loss(rec.model, alone) * alone.n_label_tokens, rtol=1e-5, atol=1e-5
         )
+
+
+def test_t5_attends_with_the_thread_invariant_softmax(tmp_path) -> None:
+    """`train.concurrent` trains each model on a share of the threads: a T5's gradients must
+    not depend on it. Its attention (`components.model.attention`, set at creation and at
+    load) has eager attention's forward, bit for bit, and gradients that are the same on one
+    and two threads for an encoder row of 47 tokens (ATen's softmax backward, in the eager
+    and sdpa attentions, gave other bits on an AVX2 machine)."""
+    rec, _, _ = t5_recommender()
+    for module in rec.model.modules():  # dropout's masks too (the same seed each time)
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1
+        elif isinstance(getattr(module, "dropout", None), float):  # T5Attention's
+            module.dropout = 0.1
+    rec.model.train()
+    rng = np.random.default_rng(3)
+    vocab = len(rec.tokenizer)
+    data = [
+        Example(ids := rng.integers(4, vocab, 50).tolist(), [IGNORE] * 47 + ids[47:])
+        for _ in range(16)
+    ]
+    batch = collate(data, PAD)
+
+    def loss_and_gradients(impl: str | None = None):
+        if impl:
+            rec.model.set_attn_implementation(impl)
+        torch.manual_seed(0)
+        loss = response_loss(rec.model, batch)
+        return loss, torch.autograd.grad(loss, list(rec.model.parameters()))
+
+    assert rec.model.config._attn_implementation == attention.ATTENTION
+    one, two = (_on_threads(t, loss_and_gradients) for t in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one[1], two[1], strict=True))
+    eager, _ = loss_and_gradients("eager")
+    assert torch.equal(eager, one[0])
+    rec.model.eval()
+    rec.save(tmp_path / "model")
+    loaded = GenerativeRecommender.load(tmp_path / "model", device=torch.device("cpu"))
+    assert loaded.model.config._attn_implementation == attention.ATTENTION
 
 
 # persistence, config, warm start ------------------------------------------------------------
