@@ -310,6 +310,16 @@ class SiitConfig(Strict):
     fixed_levels: int = Field(
         0, ge=0, description="leading identifier levels kept from the current map"
     )
+    text_holdout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="text/mixed: this share of the items (a fold of a fixed random order, "
+        "another fold each round) is left out of the item2id task during the epochs before "
+        "a refinement, and only those items may move in it: their text proposals are the "
+        "model's generalisation from the other items' texts, not its memory of the current "
+        "map; 0 = off",
+    )
     min_gain: float = Field(
         0.5, ge=0, description="score gain (nats) over the current identifier needed to move"
     )
@@ -410,6 +420,15 @@ class Params(Strict):
                 "siit.signal rows ranks histories by the model's item rows: it needs the tiny "
                 "Llama with item input rows (model.profile tiny, model.architecture llama, "
                 "model.item_inputs true)"
+            )
+        if self.siit.text_holdout > 0 and (
+            self.siit.signal not in ("text", "mixed") or self.train.tasks.item2id <= 0
+        ):
+            raise ValueError(
+                f"siit.text_holdout ({self.siit.text_holdout}) holds items out of the item2id "
+                "task that the text signal reads: it needs siit.signal text or mixed and "
+                f"train.tasks.item2id > 0 (signal {self.siit.signal!r}, item2id "
+                f"{self.train.tasks.item2id})"
             )
         if self.siit.fixed_levels >= self.tokenize.levels:
             raise ValueError(

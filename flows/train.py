@@ -39,6 +39,7 @@ from components.siit.refine import (
     background_histories,
     expected_contexts,
     refine_identifiers,
+    text_holdout,
     training_contexts,
 )
 from components.siit.warm_start import (
@@ -193,6 +194,7 @@ def refine_task(
         seed=seed,
         contexts=contexts,
         background=background,
+        movable=session.item2id_holdout,
     )
 
 
@@ -375,14 +377,22 @@ def round_task(
     measure the refinement's immediate effect, checkpoint; a nested MLflow run."""
     logger = get_run_logger()
     last = r == len(round_epochs) - 1
+    refines = mode == "siit" and not last and not state.converged
+    # siit.text_holdout: this round's fold trains without item2id until it may move
+    session.item2id_holdout = (
+        text_holdout(session.dataset.n_items, params.siit.text_holdout, r, params.train.seed)
+        if refines
+        else None
+    )
     with tracking.start_run(
         params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
     ):
         row, best = _train_round(session, r, round_epochs[r], state, params, logger)
-        if mode == "siit" and not last and not state.converged:
+        if refines:
             loss_old = seqrec_loss_task(session, params.siit.effect_windows)
             session.step()
             new_codes, stats = refine_task(session, params, r)
+            session.item2id_holdout = None
             session.set_codes(new_codes)
             valid_new, ranked_new = evaluate_task(session, "valid")
             _record_ranks(state, session, ranked_new, r + 1)

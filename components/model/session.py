@@ -47,6 +47,8 @@ class TrainingSession:
     # called before every training and loss batch and every evaluation (the `train` stage's
     # thread hand-off, components.thread_share); must not change results
     on_step: Callable[[], object] | None = None
+    # siit.text_holdout: items left out of the item2id task (bool [n_items]) until refinement
+    item2id_holdout: np.ndarray | None = None
     trainer: Trainer = field(init=False)
     train_sequences: list[np.ndarray] = field(init=False)  # what the model trains on
 
@@ -90,6 +92,9 @@ class TrainingSession:
             one_per_target=self.rec.is_encoder_decoder,
             stride=self.stride,
             banded=self.banded,
+            item2id_items=None
+            if self.item2id_holdout is None
+            else np.flatnonzero(~self.item2id_holdout),
         )
 
     def train_epoch(self) -> dict[str, float]:

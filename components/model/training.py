@@ -144,9 +144,11 @@ def task_examples(
     one_per_target: bool = False,
     stride: int = 0,
     banded: bool = False,
+    item2id_items: np.ndarray | None = None,
 ) -> dict[str, list[Example]]:
     """One epoch's examples per task; a weight is the expected passes over that task's data.
-    one_per_target, stride, banded: how seqrec targets are laid out (`seqrec_examples`)."""
+    one_per_target, stride, banded: how seqrec targets are laid out (`seqrec_examples`).
+    item2id_items: the items the item2id task covers (`siit.text_holdout`); None = all."""
 
     def sample(pool: list[Example], weight: float) -> list[Example]:
         whole, frac = int(weight), weight - int(weight)
@@ -164,9 +166,8 @@ def task_examples(
             weights.seqrec,
         )
     if weights.item2id > 0:
-        out["item2id"] = sample(
-            [prompts.item2id(t, i) for i, t in enumerate(texts)], weights.item2id
-        )
+        items = range(len(texts)) if item2id_items is None else item2id_items
+        out["item2id"] = sample([prompts.item2id(texts[i], i) for i in items], weights.item2id)
     if weights.id2item > 0:
         out["id2item"] = sample(
             [prompts.id2item(i, t) for i, t in enumerate(titles)], weights.id2item

@@ -249,6 +249,21 @@ def propose_identifiers(
     return Candidates(codes, scores, current_scores)
 
 
+def text_holdout(n_items: int, share: float, round_index: int, seed: int) -> np.ndarray | None:
+    """`siit.text_holdout`: the items (bool [n_items]) left out of the item2id task before
+    refinement `round_index`, the only ones that may move in it. Fold `round_index` of one
+    random order of the items (fixed by `seed`): consecutive rounds hold out consecutive
+    folds, wrapping around, so with a share of 1/rounds every item is held out once. None
+    when the share is 0."""
+    if share <= 0:
+        return None
+    size = max(1, round(share * n_items))
+    order = np.random.default_rng(seed).permutation(n_items)
+    held = np.zeros(n_items, dtype=bool)
+    held[order[(round_index * size + np.arange(size)) % n_items]] = True
+    return held
+
+
 def refine_identifiers(
     rec: GenerativeRecommender,
     texts: list[str],
@@ -257,13 +272,17 @@ def refine_identifiers(
     seed: int,
     contexts: list[list[np.ndarray]] | None = None,
     background: list[np.ndarray] | None = None,
+    movable: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """The next round's codes and the statistics of the change."""
+    """The next round's codes and the statistics of the change. movable (bool [n_items],
+    `text_holdout`): only these items may take a new identifier; None = every item."""
     cand = propose_identifiers(rec, texts, current, cfg, seed, contexts, background)
+    # the items that may not move keep theirs: no candidate but the current identifier
+    scores = cand.scores if movable is None else np.where(movable[:, None], cand.scores, -np.inf)
     new = assign_identifiers(
         current,
         cand.codes,
-        cand.scores,
+        scores,
         cand.current_scores,
         rec.codebook_sizes,
         method=cfg.assignment,
@@ -285,6 +304,7 @@ def refine_identifiers(
             "mean_logp_current": float(cand.current_scores.mean()),
             "mean_logp_top1": float(cand.scores[:, 0].mean()),
             "items_with_context": float(has_context.mean()) if cfg.signal != "text" else 0.0,
+            "movable": 1.0 if movable is None else float(movable.mean()),
         }
     )
     return new, stats

@@ -136,3 +136,39 @@ def test_t5_trains_refines_and_ranks_through_the_flow(
     history = served.item_ids[:3]
     answer = served.recommend([history], [5])[0]
     assert len(set(answer["item_ids"])) == 5 and not set(answer["item_ids"]) & set(history)
+
+
+def test_text_holdout_moves_only_each_rounds_fold(
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`siit.text_holdout`: each refinement moves items of its own fold only (the fold that
+    trained without item2id before it), the folds of the two rounds are disjoint, and every
+    map stays a bijection."""
+    from components.siit.refine import text_holdout
+
+    root, env = prepared
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["train"].update({"threads": 1})
+    params["siit"].update(
+        {"signal": "text", "text_holdout": 0.5, "min_gain": 0.0, "min_churn": 0.0}
+    )
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _train(src, tmp_path / "h", env)
+    maps = [
+        pl.read_parquet(p).select("c0", "c1", "c2").to_numpy()
+        for p in sorted((tmp_path / "h/artifacts/token_maps").glob("*.parquet"))
+    ]
+    assert len(maps) == 3
+    n, seed = len(maps[0]), params["train"]["seed"]
+    moved_any = False
+    for r in range(2):
+        moved = ~(maps[r + 1] == maps[r]).all(axis=1)
+        fold = text_holdout(n, 0.5, r, seed)
+        assert not (moved & ~fold).any(), f"round {r} moved items outside its fold"
+        moved_any |= bool(moved.any())
+        assert len({tuple(c) for c in maps[r + 1]}) == n
+    assert moved_any
+    rounds = pl.read_csv(tmp_path / "h/reports/rounds.csv")
+    assert rounds.filter(pl.col("churn").is_not_null()).height == 2
