@@ -323,6 +323,12 @@ class SiitConfig(Strict):
     min_gain: float = Field(
         0.5, ge=0, description="score gain (nats) over the current identifier needed to move"
     )
+    free_candidates: bool = Field(
+        False,
+        description="the beam search proposes only identifiers that no item holds (an item's "
+        "own stays an option of its own): a favourite that is another item's cannot be taken, "
+        "and 90-97% of the favourites are; false = any identifier",
+    )
     candidates: int = Field(10, ge=1, description="top-B identifiers kept per item")
     beam_size: int = Field(20, ge=1)
     diversity: float = Field(1.0, ge=0, description="load-aware penalty strength; 0 = off")

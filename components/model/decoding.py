@@ -62,6 +62,31 @@ class PrefixTrie:
         """Every well-formed identifier (any code at every level), e.g. for refinement."""
         return cls(tuple(torch.zeros((1, size), dtype=torch.int32) for size in codebook_sizes))
 
+    @classmethod
+    def free(cls, codes: np.ndarray, codebook_sizes: tuple[int, ...]) -> PrefixTrie:
+        """Every well-formed identifier but those in `codes` (rows of identifiers held), e.g.
+        for refinement candidates that no item holds. Depth l has a node per held prefix of
+        length l and one shared node under which nothing is held (every code open); the last
+        level marks held identifiers -1 and the rest 0. No item leaves (`leaves` are 0)."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1, len(codebook_sizes))
+        levels = len(codebook_sizes)
+        node = np.zeros(len(codes), dtype=np.int64)  # each held identifier's prefix node
+        n_nodes, children = 1, []  # depth 0: the root, no shared node
+        shared = None
+        for lvl, size in enumerate(codebook_sizes):
+            keys = node * size + codes[:, lvl]
+            if lvl == levels - 1:
+                table = np.zeros((n_nodes + (shared is not None), size), dtype=np.int32)
+                table.reshape(-1)[keys] = -1
+            else:
+                uniq, node = np.unique(keys, return_inverse=True)
+                below = len(uniq)  # the shared node of the next depth
+                table = np.full((n_nodes + (shared is not None), size), below, dtype=np.int32)
+                table.reshape(-1)[uniq] = np.arange(below)
+                n_nodes, shared = below, below
+            children.append(torch.from_numpy(table))
+        return cls(tuple(children))
+
     def to(self, device: torch.device) -> PrefixTrie:
         return PrefixTrie(
             tuple(t.to(device) for t in self.children), tuple(t.to(device) for t in self.item_nodes)

@@ -204,7 +204,11 @@ def propose_identifiers(
     # the text signal reads no history: `current` may then be any items' identifiers (a champion
     # start proposes for its new items only)
     builder = rec.prompt_builder(current, histories=cfg.signal != "text")
-    trie = PrefixTrie.unconstrained(rec.codebook_sizes)
+    trie = (
+        PrefixTrie.free(current, rec.codebook_sizes)
+        if cfg.free_candidates
+        else PrefixTrie.unconstrained(rec.codebook_sizes)
+    )
     n, levels = current.shape
     free = rec.codebook_sizes[cfg.fixed_levels :]
     width = min(cfg.candidates, int(np.prod(free)))

@@ -142,8 +142,8 @@ def test_text_holdout_moves_only_each_rounds_fold(
     prepared: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """`siit.text_holdout`: each refinement moves items of its own fold only (the fold that
-    trained without item2id before it), the folds of the two rounds are disjoint, and every
-    map stays a bijection."""
+    trained without item2id before it), with `siit.free_candidates` onto identifiers that no
+    item held, and every map stays a bijection."""
     from components.siit.refine import text_holdout
 
     root, env = prepared
@@ -152,7 +152,13 @@ def test_text_holdout_moves_only_each_rounds_fold(
     params = yaml.safe_load((src / "params.yaml").read_text())
     params["train"].update({"threads": 1})
     params["siit"].update(
-        {"signal": "text", "text_holdout": 0.5, "min_gain": 0.0, "min_churn": 0.0}
+        {
+            "signal": "text",
+            "text_holdout": 0.5,
+            "free_candidates": True,
+            "min_gain": 0.0,
+            "min_churn": 0.0,
+        }
     )
     (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _train(src, tmp_path / "h", env)
@@ -167,6 +173,8 @@ def test_text_holdout_moves_only_each_rounds_fold(
         moved = ~(maps[r + 1] == maps[r]).all(axis=1)
         fold = text_holdout(n, 0.5, r, seed)
         assert not (moved & ~fold).any(), f"round {r} moved items outside its fold"
+        held = {tuple(c) for c in maps[r]}  # free candidates: onto identifiers no item held
+        assert not {tuple(c) for c in maps[r + 1][moved]} & held
         moved_any |= bool(moved.any())
         assert len({tuple(c) for c in maps[r + 1]}) == n
     assert moved_any

@@ -197,6 +197,31 @@ def test_unconstrained_trie_allows_any_well_formed_identifier(arch: str) -> None
     assert (res.codes[0].numpy() == expected).all()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_free_trie_allows_every_identifier_no_item_holds(arch: str) -> None:
+    """`PrefixTrie.free`: the search's top 5 over every identifier but the held ones, in the
+    brute force's order; the trie walks to a leaf exactly for the identifiers not held."""
+    model = tiny_lm(3, arch)
+    all_codes = np.array([[a, b, c] for a in range(K) for b in range(K) for c in range(K)])
+    scores = brute_force_scores(model, [1, 2], all_codes)
+    best = np.argsort(-scores, kind="stable")
+    held = all_codes[np.r_[best[:4], best[10:20]]]  # the four favourites among them
+    trie = PrefixTrie.free(held, (K,) * LEVELS)
+    taken = {tuple(c) for c in held}
+    for code in all_codes:
+        node = 0
+        for lvl, c in enumerate(code):
+            node = int(trie.children[lvl][node, c])
+            if node < 0:
+                break
+        assert (node >= 0) == (tuple(code) not in taken)
+    res = constrained_beam_search(
+        model, [[1, 2]], code_token_ids(), trie, beam_size=K**LEVELS, top_k=5
+    )
+    expected = [c for c in all_codes[best] if tuple(c) not in taken][:5]
+    assert (res.codes[0].numpy() == np.array(expected)).all()
+
+
 @pytest.mark.parametrize("beam", [10, 12])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_user_who_has_seen_almost_everything_still_gets_k_items(beam: int, arch: str) -> None:

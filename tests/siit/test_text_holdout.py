@@ -1,5 +1,6 @@
 """`siit.text_holdout`: a fold of the items trains without the item2id task before each
-refinement and is the only part of the catalogue that may move in it."""
+refinement and is the only part of the catalogue that may move in it; `siit.free_candidates`:
+refinement proposes only identifiers that no item holds."""
 
 from __future__ import annotations
 
@@ -80,3 +81,24 @@ def test_params_refuse_a_holdout_the_signal_cannot_use(tmp_path, siit, tasks) ->
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match="siit.text_holdout"):
         load_params(path)
+
+
+def test_free_candidates_are_identifiers_no_item_holds(rec) -> None:  # noqa: F811
+    from components.siit.refine import propose_identifiers, refine_identifiers
+
+    current = current_codes()
+    held = {tuple(c) for c in current}
+    cfg = SiitConfig(candidates=5, beam_size=8, batch_size=8, free_candidates=True)
+    cand = propose_identifiers(rec, texts(), current, cfg, seed=0)
+    proposed = {tuple(c) for c in cand.codes.reshape(-1, 3)}
+    assert np.isfinite(cand.scores).all() and not proposed & held
+    anywhere = propose_identifiers(
+        rec, texts(), current, SiitConfig(candidates=5, beam_size=8, batch_size=8), 0
+    )
+    assert {tuple(c) for c in anywhere.codes.reshape(-1, 3)} & held  # the free trie matters here
+    # the current identifiers' scores do not depend on which candidates are searched
+    np.testing.assert_allclose(cand.current_scores, anywhere.current_scores, rtol=1e-5)
+    new, _ = refine_identifiers(rec, texts(), current, cfg.model_copy(update={"min_gain": 0.0}), 0)
+    assert len({tuple(r) for r in new}) == len(new)
+    moved = ~(new == current).all(axis=1)
+    assert moved.any() and not {tuple(c) for c in new[moved]} & held
