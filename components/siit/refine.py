@@ -308,7 +308,8 @@ def refine_identifiers(
             "mean_logp_current": float(cand.current_scores.mean()),
             "mean_logp_top1": float(cand.scores[:, 0].mean()),
             "items_with_context": float(has_context.mean()) if cfg.signal != "text" else 0.0,
-            "movable": 1.0 if movable is None else float(movable.mean()),
         }
     )
+    if movable is not None:  # siit.text_holdout: the share of the items that could move
+        stats["movable"] = float(movable.mean())
     return new, stats

@@ -68,7 +68,7 @@ def test_only_the_held_out_items_move_and_the_map_stays_a_bijection(rec) -> None
     moved = ~(new == current).all(axis=1)
     assert moved.any() and not (moved & ~held).any()
     assert len({tuple(r) for r in new}) == len(new)
-    assert stats["movable"] == pytest.approx(held.mean()) and free_stats["movable"] == 1.0
+    assert stats["movable"] == pytest.approx(held.mean()) and "movable" not in free_stats
 
 
 @pytest.mark.parametrize(
