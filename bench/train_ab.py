@@ -4,7 +4,8 @@
     python bench/train_ab.py dropout --threads 2 --repeats 4
 
 The default tiny Llama (`ModelConfig()`: item rows, residual dropout 0.1; `TrainConfig()`'s
-item loss; `t5-attention`: the tiny T5 of the same size) trains on `bench/train_throughput.py`'s synthetic seqrec windows with our `Trainer` in
+item loss; for `t5-attention`, the tiny T5 of the same size) trains on
+`bench/train_throughput.py`'s synthetic seqrec windows with our `Trainer` in
 its precision, once per variant of the comparison chosen; the first variant is the old way,
 the last today's. Runs alternate (A B, B A, ...) from the same fresh model, so a drifting
 machine hurts both alike; the table gives each variant's median and best tokens/s (wall

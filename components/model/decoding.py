@@ -71,19 +71,18 @@ class PrefixTrie:
         codes = np.asarray(codes, dtype=np.int64).reshape(-1, len(codebook_sizes))
         levels = len(codebook_sizes)
         node = np.zeros(len(codes), dtype=np.int64)  # each held identifier's prefix node
-        n_nodes, children = 1, []  # depth 0: the root, no shared node
-        shared = None
+        rows, children = 1, []  # depth 0: the root alone; below it, held prefixes + shared
         for lvl, size in enumerate(codebook_sizes):
             keys = node * size + codes[:, lvl]
             if lvl == levels - 1:
-                table = np.zeros((n_nodes + (shared is not None), size), dtype=np.int32)
+                table = np.zeros((rows, size), dtype=np.int32)
                 table.reshape(-1)[keys] = -1
             else:
                 uniq, node = np.unique(keys, return_inverse=True)
-                below = len(uniq)  # the shared node of the next depth
-                table = np.full((n_nodes + (shared is not None), size), below, dtype=np.int32)
-                table.reshape(-1)[uniq] = np.arange(below)
-                n_nodes, shared = below, below
+                shared = len(uniq)  # the next depth's node under which nothing is held
+                table = np.full((rows, size), shared, dtype=np.int32)
+                table.reshape(-1)[uniq] = np.arange(shared)
+                rows = shared + 1
             children.append(torch.from_numpy(table))
         return cls(tuple(children))
 
