@@ -30,7 +30,7 @@ run: install ## reproduce the pipeline (dvc repro) and print the results table
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/siit show
 
 test: install ## run the whole test suite
-	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 test-all: install ## tests including the slow ones (real SmolLM2, several processes)
 	$(BIN)/python -m pytest -q

@@ -44,7 +44,7 @@ def recommend_generative(
     from components.model.decoding import PrefixTrie, rescored_beam_search
 
     rec.model.eval()
-    item_codes = torch.as_tensor(codes, dtype=torch.long)
+    item_codes = torch.tensor(codes, dtype=torch.long)  # a copy: `codes` may be read-only
     prompts = rec.prompt_builder(codes)
     trie = PrefixTrie.from_codes(codes, rec.codebook_sizes).to(rec.device)
     all_prompts = [prompts.seqrec_prompt(h) for h in split.histories]
