@@ -134,7 +134,7 @@ def rank_all(
         ranked.update({f"both, w={w:g}": np.full((n, cfg.top_k), -1) for w in weights})
         unions = [(w, m) for w in weights for m in row_candidates]
         ranked.update({f"both, w={w:g}, +{m}": np.full((n, cfg.top_k), -1) for w, m in unions})
-        item_codes = torch.from_numpy(codes)
+        item_codes = torch.tensor(codes, dtype=torch.long)  # a copy: `codes` may be read-only
         if headroom:
             ranked.update(
                 {f"rows' shortlist, w={w:g}": np.full((n, cfg.top_k), -1) for w in weights}
