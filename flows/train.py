@@ -107,6 +107,13 @@ def training_config(params: Params, start: dict) -> tuple[TrainConfig, list[int]
     return cfg, params.warm_round_epochs()
 
 
+@task(name="item-text-features", cache_policy=NO_CACHE)
+def item_features_task(dataset: Dataset, params: Params, paths: Paths) -> np.ndarray:
+    """The items' text embeddings (`tokenize.encoder`, from the tokenize stage's cache), in the
+    token map's order: what `model.item_rows_init: text` starts the item rows from."""
+    return embed_texts(dataset.item_texts(), params.tokenize.encoder, paths.embeddings_cache)
+
+
 @task(name="build-model", cache_policy=NO_CACHE)
 def build_session_task(
     dataset: Dataset,
@@ -116,8 +123,10 @@ def build_session_task(
     resume: RunState | None,
     warm: GenerativeRecommender | None = None,
     train_cfg: TrainConfig | None = None,
+    item_features: np.ndarray | None = None,
 ) -> TrainingSession:
-    """A fresh model, the champion's (`warm`), or the checkpoint's when resuming."""
+    """A fresh model, the champion's (`warm`), or the checkpoint's when resuming. A fresh
+    model's item rows start from `item_features` when given (`model.item_rows_init: text`)."""
     train_cfg = train_cfg or params.train
     if resume is None and warm is not None:
         rec, codes = warm, token_map.codes
@@ -129,6 +138,8 @@ def build_session_task(
             seed=params.train.seed,
             n_items=dataset.n_items,
         )
+        if item_features is not None:
+            rec.init_item_rows(item_features)
         rec.model.to(pick_device())
         codes = token_map.codes
     else:
@@ -254,8 +265,13 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     state = ckpt.load_state(fingerprint, parts)
     if state is not None:
         logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
+    features = (
+        item_features_task(dataset, params, paths)
+        if state is None and warm is None and params.model.item_rows_init == "text"
+        else None
+    )
     session = build_session_task(
-        dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg
+        dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg, features
     )
     share = ThreadShare.from_env()  # the `train` stage hands over the other model's threads
     if os.environ.get(SHARE_ENV) and share.path is None:

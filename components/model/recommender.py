@@ -147,6 +147,38 @@ class GenerativeRecommender:
             histories=histories,
         )
 
+    def init_item_rows(self, features: np.ndarray) -> None:
+        """Start item i's own row (`model.item_inputs`: its input token, tied to its output row)
+        from `features[i]` (`model.item_rows_init: text`: the item's text embedding).
+
+        The rows become the features' principal components (as many as the width allows, the
+        rest of each row stays as initialised), each component's sign fixed by its largest
+        entry, scaled so that their spread is the random rows' it replaces: the model's
+        optimisation starts at its usual scale, with items of similar text close together.
+        """
+        if not self.item_inputs:
+            raise ValueError("init_item_rows: the model has no item rows (model.item_inputs)")
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+        if x.ndim != 2 or len(x) != self.item_inputs:
+            raise ValueError(
+                f"init_item_rows: features {tuple(x.shape)} must have one row per item "
+                f"({self.item_inputs})"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError("init_item_rows: features hold NaN or infinite values")
+        weight = self.model.get_input_embeddings().weight
+        rows = weight.data[self.item_input_base : self.item_input_base + self.item_inputs]
+        x = x - x.mean(dim=0)
+        _, s, vh = torch.linalg.svd(x, full_matrices=False)
+        k = min(rows.shape[1], int((s > s[0] * 1e-9).sum()) if len(s) and s[0] > 0 else 0)
+        if k == 0:
+            return  # identical features: nothing to tell the items apart, rows stay random
+        comps = x @ vh[:k].T  # [n_items, k]
+        sign = torch.sign(comps.gather(0, comps.abs().argmax(dim=0, keepdim=True)))
+        comps = comps * sign
+        scale = rows[:, :k].double().std() / comps.std()
+        rows[:, :k] = (comps * scale).to(rows.dtype)
+
     # construction -------------------------------------------------------------------
     @classmethod
     def create(
