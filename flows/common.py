@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -25,6 +26,15 @@ IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _transient} 
 @task(name="load-dataset", cache_policy=NO_CACHE, **IO)
 def load_dataset_task(paths: Paths) -> Dataset:
     return Dataset.read(paths.processed)
+
+
+@task(name="embed-item-texts", cache_policy=NO_CACHE)
+def embed_task(dataset: Dataset, params: Params, paths: Paths) -> np.ndarray:
+    """float32 [n_items, d]: the items' text embeddings (`tokenize.encoder`) in the dataset's
+    order, from the embeddings cache where the tokenize stage left them."""
+    from components.tokenizers import embed_texts  # its encoder's imports: only when used
+
+    return embed_texts(dataset.item_texts(), params.tokenize.encoder, paths.embeddings_cache)
 
 
 def set_threads(params: Params) -> None:

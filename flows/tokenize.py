@@ -17,17 +17,11 @@ from components.tokenizers import (
     EMBEDDING_METHODS,
     ItemEncoder,
     TokenMap,
-    embed_texts,
     fit_token_map,
     plot_code_usage,
     validate_token_map,
 )
-from flows.common import load_dataset_task, scalars
-
-
-@task(name="embed-item-texts", cache_policy=NO_CACHE)
-def embed_task(dataset: Dataset, params: Params, paths: Paths) -> np.ndarray:
-    return embed_texts(dataset.item_texts(), params.tokenize.encoder, paths.embeddings_cache)
+from flows.common import embed_task, load_dataset_task, scalars
 
 
 @task(name="build-token-map", cache_policy=NO_CACHE)

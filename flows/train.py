@@ -53,7 +53,14 @@ from components.siit.warm_start import (
 from components.thread_share import SHARE_ENV, ThreadShare
 from components.tokenizers import TokenMap, embed_texts, validate_token_map
 from components.tokenizers.item_encoder import CONFIG_FILE as ENCODER_CONFIG
-from flows.common import IO, KEEP_CHECKPOINT_ENV, load_dataset_task, scalars, set_threads
+from flows.common import (
+    IO,
+    KEEP_CHECKPOINT_ENV,
+    embed_task,
+    load_dataset_task,
+    scalars,
+    set_threads,
+)
 
 Mode = Literal["static", "siit"]
 
@@ -105,13 +112,6 @@ def training_config(params: Params, start: dict) -> tuple[TrainConfig, list[int]
         update={"epochs": warm.epochs, "lr": warm.lr, "warmup_ratio": warm.warmup_ratio}
     )
     return cfg, params.warm_round_epochs()
-
-
-@task(name="item-text-features", cache_policy=NO_CACHE)
-def item_features_task(dataset: Dataset, params: Params, paths: Paths) -> np.ndarray:
-    """The items' text embeddings (`tokenize.encoder`, from the tokenize stage's cache), in the
-    token map's order: what `model.item_rows_init: text` starts the item rows from."""
-    return embed_texts(dataset.item_texts(), params.tokenize.encoder, paths.embeddings_cache)
 
 
 @task(name="build-model", cache_policy=NO_CACHE)
@@ -266,7 +266,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     if state is not None:
         logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
     features = (
-        item_features_task(dataset, params, paths)
+        embed_task(dataset, params, paths)  # the map's order
         if state is None and warm is None and params.model.item_rows_init == "text"
         else None
     )

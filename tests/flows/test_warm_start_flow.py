@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -34,15 +35,29 @@ def _stage(root: Path, params: dict, monkeypatch: pytest.MonkeyPatch, flows: lis
 def test_champion_start_keeps_identifiers_and_names_new_items(
     tmp_path: Path, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from components.model.recommender import GenerativeRecommender
     from flows.data import prepare_flow, validate_flow
     from flows.tokenize import tokenize_flow
     from flows.train import train_flow
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_env["PREFECT_API_URL"])
+    # model.item_rows_init: text starts a model trained from scratch, never a champion start
+    started: list[np.ndarray] = []
+    real_init = GenerativeRecommender.init_item_rows
+
+    def init_item_rows(self: GenerativeRecommender, features: np.ndarray) -> None:
+        started.append(np.asarray(features))
+        real_init(self, features)
+
+    monkeypatch.setattr(GenerativeRecommender, "init_item_rows", init_item_rows)
+    text_rows = {"model": {"item_rows_init": "text"}}
     stages = [prepare_flow, validate_flow, tokenize_flow, train_flow]
     first = tmp_path / "first"
     first.mkdir()
-    _stage(first, {"train": {"epochs": 1}, "siit": {"rounds": 0}}, monkeypatch, stages)
+    _stage(first, {"train": {"epochs": 1}, "siit": {"rounds": 0}, **text_rows}, monkeypatch, stages)
+    # the 40 items' text embeddings (L2-normalised sentence vectors), in the map's order
+    assert len(started) == 1 and started[0].shape[0] == 40
+    np.testing.assert_allclose(np.linalg.norm(started[0], axis=1), 1.0, rtol=1e-5)
     champion = first / "artifacts/models/siit"
     assert (champion / "item_encoder/item_encoder.json").exists()
     assert json.loads((champion / "warm_start.json").read_text())["start"] == {"start": "scratch"}
@@ -54,7 +69,8 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
         "tokenize": {"new_items": "model"},
         "train": {"start": "champion", "champion": str(champion), "warm": {"epochs": 1}},
     }
-    _stage(second, grown, monkeypatch, [prepare_flow, validate_flow, train_flow])
+    _stage(second, {**grown, **text_rows}, monkeypatch, [prepare_flow, validate_flow, train_flow])
+    assert len(started) == 1  # the champion's rows are kept
     report = json.loads((second / "reports/models/siit.json").read_text())
     start = report["start"]
     assert start["start"] == "champion" and start["champion"] == str(champion)
