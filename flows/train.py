@@ -267,7 +267,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
     features = (
         embed_task(dataset, params, paths)  # the map's order
-        if state is None and warm is None and params.model.item_rows_init == "text"
+        if state is None and warm is None and params.model.rows_from_text
         else None
     )
     session = build_session_task(

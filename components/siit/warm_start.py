@@ -41,7 +41,10 @@ FORMAT = 1  # version of the model-folder layout this code reads (warm_start.jso
 def compatibility_key(params: Params) -> dict:
     """What a model's weights and identifiers depend on: a champion made with other values
     cannot be continued."""
-    model = params.model.model_dump(exclude={"dropout", "residual_dropout", "lora_dropout"})
+    # (how a scratch model's item rows started does not bind what continues them)
+    model = params.model.model_dump(
+        exclude={"dropout", "residual_dropout", "lora_dropout", "item_rows_init"}
+    )
     # of the head setting, the weights depend on whether training covers the item rows
     model["item_inputs_in_head"] = trains_item_rows(model["item_inputs_in_head"])
     return {

@@ -29,6 +29,8 @@ TINY_PARAMS = {
         "num_heads": 2,
         "intermediate_size": 64,
         "text_vocab_size": 300,
+        # random ids need no text embeddings: no sentence encoder to load in every test project
+        "item_rows_init": "random",
     },
     "train": {"epochs": 2, "batch_size": 32},
     "siit": {"rounds": 1, "candidates": 4, "beam_size": 8},

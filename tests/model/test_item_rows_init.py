@@ -95,9 +95,11 @@ def test_bad_features_are_refused_and_change_nothing() -> None:
     torch.testing.assert_close(_rows(rec), start, rtol=0, atol=0)
 
 
-def test_text_rows_need_the_item_rows() -> None:
-    assert ModelConfig(**TINY).item_rows_init == "random"
-    with pytest.raises(ValidationError, match="item_rows_init: text"):
-        ModelConfig(**TINY, item_inputs=False, item_rows_init="text")
-    with pytest.raises(ValidationError, match="item_rows_init: text"):
-        ModelConfig(profile="pretrained", item_rows_init="text")
+def test_only_models_with_item_rows_start_them_from_text() -> None:
+    assert ModelConfig(**TINY).item_rows_init == "text" and ModelConfig(**TINY).rows_from_text
+    assert not ModelConfig(**TINY, item_rows_init="random").rows_from_text
+    # the default is harmless where there are no item rows: they ignore it
+    assert not ModelConfig(**TINY, item_inputs=False).rows_from_text
+    assert not ModelConfig(profile="pretrained").rows_from_text
+    with pytest.raises(ValidationError, match="item_rows_init"):
+        ModelConfig(**TINY, item_rows_init="texts")
