@@ -170,7 +170,7 @@ class GenerativeRecommender:
         rows = weight.data[self.item_input_base : self.item_input_base + self.item_inputs]
         x = x - x.mean(dim=0)
         _, s, vh = torch.linalg.svd(x, full_matrices=False)
-        k = min(rows.shape[1], int((s > s[0] * 1e-9).sum()) if len(s) and s[0] > 0 else 0)
+        k = min(rows.shape[1], int((s > s[0] * 1e-9).sum()))  # the features' rank, at most
         if k == 0:
             return  # identical features: nothing to tell the items apart, rows stay random
         comps = x @ vh[:k].T  # [n_items, k]

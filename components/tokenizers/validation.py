@@ -93,8 +93,7 @@ def passes_suite(token_map: TokenMap, item_ids: list[str]) -> bool:
     codes, ids = token_map.codes, list(token_map.item_ids)
     sizes = np.asarray(token_map.codebook_sizes, dtype=np.int64)
     return (
-        len(ids) == len(item_ids)
-        and all(a is not None and a == b for a, b in zip(ids, item_ids, strict=True))
+        ids == list(item_ids)  # same length, row by row (a map's ids are strings, never null)
         and len(set(ids)) == len(ids)
         and bool(((codes >= 0) & (codes < sizes)).all())
         and len(np.unique(codes, axis=0)) == len(codes)
@@ -107,12 +106,13 @@ def validate_token_map(token_map: TokenMap, item_ids: list[str], token_map_file:
     A map that passes the suite's checks computed directly (`passes_suite`) returns at once:
     Great Expectations, whose import alone costs seconds in every stage that reads a map, runs
     the suite only when a check fails, and its results make the message."""
-    if passes_suite(token_map, list(item_ids)):
+    item_ids = list(item_ids)
+    if passes_suite(token_map, item_ids):
         return
     import great_expectations as gx  # imported here: it costs seconds, valid maps never need it
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    frame = _frame(token_map, list(item_ids))
+    frame = _frame(token_map, item_ids)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (
