@@ -151,11 +151,29 @@ class ModelConfig(Strict):
         "champion start keeps the champion's rows; models without item rows ignore it",
     )
 
+    code_rows_init: Literal["random", "text"] = Field(
+        "random",
+        description="how a tiny model trained from scratch starts its identifier tokens' rows "
+        "(input and, tied, output): random, or text: from the text embeddings "
+        "(tokenize.encoder) of the items that hold each code in the initial map, read as "
+        "residual quantisation reads codes (a first-level code: its items' mean; a deeper "
+        "code: its items' mean after the mean of the items sharing their earlier codes is "
+        "taken away), in the principal components item_rows_init uses, scaled to each "
+        "level's random spread; codes no item holds stay random; a champion start keeps the "
+        "champion's rows",
+    )
+
     @property
     def rows_from_text(self) -> bool:
         """Whether a model trained from scratch starts its item rows from the items' text
         (`item_rows_init: text` where there are item rows: tiny profile, `item_inputs`)."""
         return self.item_rows_init == "text" and self.item_inputs and self.profile == "tiny"
+
+    @property
+    def codes_from_text(self) -> bool:
+        """Whether a model trained from scratch starts its identifier rows from the items'
+        text (`code_rows_init: text`, tiny profile)."""
+        return self.code_rows_init == "text" and self.profile == "tiny"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:

@@ -126,7 +126,8 @@ def build_session_task(
     item_features: np.ndarray | None = None,
 ) -> TrainingSession:
     """A fresh model, the champion's (`warm`), or the checkpoint's when resuming. A fresh
-    model's item rows start from `item_features` when given (`model.item_rows_init: text`)."""
+    model's item rows and identifier rows start from `item_features` when given, as
+    `model.item_rows_init` and `model.code_rows_init` say."""
     train_cfg = train_cfg or params.train
     if resume is None and warm is not None:
         rec, codes = warm, token_map.codes
@@ -138,8 +139,10 @@ def build_session_task(
             seed=params.train.seed,
             n_items=dataset.n_items,
         )
-        if item_features is not None:
+        if item_features is not None and params.model.rows_from_text:
             rec.init_item_rows(item_features)
+        if item_features is not None and params.model.codes_from_text:
+            rec.init_code_rows(item_features, token_map.codes)
         rec.model.to(pick_device())
         codes = token_map.codes
     else:
@@ -267,7 +270,9 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         logger.info("resuming %s at round %d from %s", mode, state.next_round, ckpt.path)
     features = (
         embed_task(dataset, params, paths)  # the map's order
-        if state is None and warm is None and params.model.rows_from_text
+        if state is None
+        and warm is None
+        and (params.model.rows_from_text or params.model.codes_from_text)
         else None
     )
     session = build_session_task(

@@ -158,26 +158,47 @@ class GenerativeRecommender:
         """
         if not self.item_inputs:
             raise ValueError("init_item_rows: the model has no item rows (model.item_inputs)")
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-        if x.ndim != 2 or len(x) != self.item_inputs:
-            raise ValueError(
-                f"init_item_rows: features {tuple(x.shape)} must have one row per item "
-                f"({self.item_inputs})"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError("init_item_rows: features hold NaN or infinite values")
         weight = self.model.get_input_embeddings().weight
         rows = weight.data[self.item_input_base : self.item_input_base + self.item_inputs]
-        x = x - x.mean(dim=0)
-        _, s, vh = torch.linalg.svd(x, full_matrices=False)
-        k = min(rows.shape[1], int((s > s[0] * 1e-9).sum()))  # the features' rank, at most
-        if k == 0:
+        comps = _components(features, self.item_inputs, rows.shape[1], "init_item_rows")
+        if comps is None:
             return  # identical features: nothing to tell the items apart, rows stay random
-        comps = x @ vh[:k].T  # [n_items, k]
-        sign = torch.sign(comps.gather(0, comps.abs().argmax(dim=0, keepdim=True)))
-        comps = comps * sign
+        k = comps.shape[1]
         scale = rows[:, :k].double().std() / comps.std()
         rows[:, :k] = (comps * scale).to(rows.dtype)
+
+    def init_code_rows(self, features: np.ndarray, codes: np.ndarray) -> None:
+        """Start every identifier token's row (input and, tied, output) from the text of the
+        items that hold it (`model.code_rows_init: text`), as residual quantisation reads codes.
+
+        In the features' principal components (`init_item_rows`), a first-level code's row is
+        the mean of its items; a level-l code's the mean, over its items, of what is left of
+        each item once the mean of the items sharing its first l codes is taken away. Each
+        level is scaled to the spread of its random rows; codes no item holds stay random.
+        """
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.levels:
+            raise ValueError(
+                f"init_code_rows: codes {codes.shape} must have {self.levels} levels per item"
+            )
+        weight = self.model.get_input_embeddings().weight
+        comps = _components(features, len(codes), weight.shape[1], "init_code_rows")
+        if comps is None:
+            return
+        k = comps.shape[1]
+        left = comps.clone()  # what the item's first l codes do not say yet
+        for lvl in range(self.levels):
+            if lvl:  # items that share their first lvl codes: their mean is said
+                _, group = np.unique(codes[:, :lvl], axis=0, return_inverse=True)
+                left = left - _group_means(left, group.reshape(-1))[group.reshape(-1)]
+            held, which = np.unique(codes[:, lvl], return_inverse=True)
+            rows = _group_means(left, which.reshape(-1))  # [len(held), k]
+            ids = self.code_token_ids[lvl][torch.as_tensor(held)]
+            current = weight.data[ids, :k]
+            spread = rows.std()
+            if not spread > 0:
+                continue  # every code's items average alike: nothing to tell them apart
+            weight.data[ids, :k] = (rows * (current.double().std() / spread)).to(weight.dtype)
 
     # construction -------------------------------------------------------------------
     @classmethod
@@ -333,3 +354,27 @@ class GenerativeRecommender:
             # saved before the setting existed: the head covers them
             item_inputs_in_head=meta.get("item_inputs_in_head", True),
         )
+
+
+def _components(features: np.ndarray, n: int, width: int, what: str) -> torch.Tensor | None:
+    """The centred `features`' principal components, float64 [n, k] with k at most `width`
+    and the features' rank, each sign fixed by its largest entry; None for identical rows."""
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    if x.ndim != 2 or len(x) != n:
+        raise ValueError(f"{what}: features {tuple(x.shape)} must have one row per item ({n})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: features hold NaN or infinite values")
+    x = x - x.mean(dim=0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    k = min(width, int((s > s[0] * 1e-9).sum()))  # the features' rank, at most
+    if k == 0:
+        return None
+    comps = x @ vh[:k].T
+    return comps * torch.sign(comps.gather(0, comps.abs().argmax(dim=0, keepdim=True)))
+
+
+def _group_means(x: torch.Tensor, group: np.ndarray) -> torch.Tensor:
+    """Row g: the mean of the rows of `x` in group g (groups numbered 0..G-1, none empty)."""
+    index = torch.as_tensor(group, dtype=torch.long)
+    sums = torch.zeros(int(index.max()) + 1, x.shape[1], dtype=x.dtype).index_add_(0, index, x)
+    return sums / torch.bincount(index).unsqueeze(1).to(x.dtype)

@@ -43,7 +43,7 @@ def compatibility_key(params: Params) -> dict:
     cannot be continued."""
     # (how a scratch model's item rows started does not bind what continues them)
     model = params.model.model_dump(
-        exclude={"dropout", "residual_dropout", "lora_dropout", "item_rows_init"}
+        exclude={"dropout", "residual_dropout", "lora_dropout", "item_rows_init", "code_rows_init"}
     )
     # of the head setting, the weights depend on whether training covers the item rows
     model["item_inputs_in_head"] = trains_item_rows(model["item_inputs_in_head"])
