@@ -185,7 +185,7 @@ class GenerativeRecommender:
         comps = _components(features, len(codes), weight.shape[1], "init_code_rows")
         if comps is None:
             return
-        k = comps.shape[1]
+        k, floor = comps.shape[1], comps.std() * 1e-9
         left = comps.clone()  # what the item's first l codes do not say yet
         for lvl in range(self.levels):
             if lvl:  # items that share their first lvl codes: their mean is said
@@ -196,7 +196,7 @@ class GenerativeRecommender:
             ids = self.code_token_ids[lvl][torch.as_tensor(held)]
             current = weight.data[ids, :k]
             spread = rows.std()
-            if not spread > 0:
+            if not spread > floor:
                 continue  # every code's items average alike: nothing to tell them apart
             weight.data[ids, :k] = (rows * (current.double().std() / spread)).to(weight.dtype)
 

@@ -36,6 +36,7 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
     tmp_path: Path, prefect_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from components.model.recommender import GenerativeRecommender
+    from components.tokenizers.token_map import TokenMap
     from flows.data import prepare_flow, validate_flow
     from flows.tokenize import tokenize_flow
     from flows.train import train_flow
@@ -50,7 +51,16 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
         real_init(self, features)
 
     monkeypatch.setattr(GenerativeRecommender, "init_item_rows", init_item_rows)
-    text_rows = {"model": {"item_rows_init": "text"}}
+    # and model.code_rows_init: text its identifier rows, from the initial map's codes
+    coded: list[tuple[np.ndarray, np.ndarray]] = []
+    real_codes = GenerativeRecommender.init_code_rows
+
+    def init_code_rows(self: GenerativeRecommender, features: np.ndarray, codes) -> None:
+        coded.append((np.asarray(features), np.asarray(codes)))
+        real_codes(self, features, codes)
+
+    monkeypatch.setattr(GenerativeRecommender, "init_code_rows", init_code_rows)
+    text_rows = {"model": {"item_rows_init": "text", "code_rows_init": "text"}}
     stages = [prepare_flow, validate_flow, tokenize_flow, train_flow]
     first = tmp_path / "first"
     first.mkdir()
@@ -58,6 +68,10 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
     # the 40 items' text embeddings (L2-normalised sentence vectors), in the map's order
     assert len(started) == 1 and started[0].shape[0] == 40
     np.testing.assert_allclose(np.linalg.norm(started[0], axis=1), 1.0, rtol=1e-5)
+    assert len(coded) == 1
+    np.testing.assert_array_equal(coded[0][0], started[0])
+    initial = TokenMap.load(first / "artifacts/tokenize/token_map.parquet")
+    np.testing.assert_array_equal(coded[0][1], initial.codes)
     champion = first / "artifacts/models/siit"
     assert (champion / "item_encoder/item_encoder.json").exists()
     assert json.loads((champion / "warm_start.json").read_text())["start"] == {"start": "scratch"}
@@ -70,7 +84,7 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
         "train": {"start": "champion", "champion": str(champion), "warm": {"epochs": 1}},
     }
     _stage(second, {**grown, **text_rows}, monkeypatch, [prepare_flow, validate_flow, train_flow])
-    assert len(started) == 1  # the champion's rows are kept
+    assert len(started) == 1 and len(coded) == 1  # the champion's rows are kept
     report = json.loads((second / "reports/models/siit.json").read_text())
     start = report["start"]
     assert start["start"] == "champion" and start["champion"] == str(champion)

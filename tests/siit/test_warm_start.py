@@ -279,9 +279,11 @@ def test_incompatible_champions_are_refused_with_the_reason(tmp_path: Path) -> N
     assert incompatibility(champion, params, ids) is None
     bigger = _params(model={"hidden_size": 64})
     assert "model.hidden_size" in incompatibility(champion, bigger, ids)
-    # how a scratch model's item rows started binds nothing: either start continues either
+    # how a scratch model's item and identifier rows started binds nothing: either start
+    # continues either
     for rows in ("random", "text"):
-        assert incompatibility(champion, _params(model={"item_rows_init": rows}), ids) is None
+        for key in ("item_rows_init", "code_rows_init"):
+            assert incompatibility(champion, _params(model={key: rows}), ids) is None
     other_ids = [f"x{i}" for i in range(20)]
     assert incompatibility(champion, params, other_ids).startswith("data fingerprint")
     (champion / RECORD_FILE).unlink()
