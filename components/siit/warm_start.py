@@ -9,7 +9,10 @@ initial tokenizer) and `warm_start.json` (what the model is compatible with). Fr
   on their text (`model`, as refinement's text signal does); both go through one collision-free
   assignment against the existing identifiers;
 - when a prefix has no free last-level code, the last level grows: new code tokens and
-  vocabulary rows (the mean of that level's rows) are added to the model.
+  vocabulary rows (the mean of that level's rows) are added to the model;
+- with item input rows (`model.item_inputs`), the items keep the champion's rows; a new item's
+  row is predicted from its text embedding by a ridge regression fitted on the known items'
+  (`model.item_rows_init: text`, the default), or is the mean row (`random`).
 A champion that does not fit the run (other model or identifier parameters, another layout
 version, a catalogue it barely shares) is refused with the reason, and the caller trains
 from scratch.
@@ -133,7 +136,9 @@ def load_warm_start(
 ) -> WarmStart:
     """The champion's model and a map of the whole catalogue: its identifiers for the items it
     knows, new identifiers for the others. `embed(texts, text_encoder)` gives the embeddings
-    the `tokenizer` choice needs (called only for new items)."""
+    the `tokenizer` choice needs, and with item rows from text (`model.item_rows_init`) every
+    item's, from which the new items' rows are predicted (called only when there are new
+    items)."""
     folder = Path(folder)
     rec = GenerativeRecommender.load(folder / MODEL_DIR, device=device)
     if rec.item_inputs and rec.item_inputs_in_head != params.model.item_inputs_in_head:
@@ -169,9 +174,17 @@ def load_warm_start(
         codes[new_rows] = new_codes
         if sizes != tuple(rec.codebook_sizes):
             rec = grow_codebooks(rec, sizes)
+    new_rows_from = None
     if rec.item_inputs:  # model.item_inputs: the champion's rows, item by item
         take = np.array([known.get(i, -1) for i in item_ids], dtype=np.int64)
-        rec = carry_item_inputs(rec, item_input_rows(rec), take)
+        rows, fill = item_input_rows(rec), None
+        if params.model.rows_from_text and len(new_rows):  # new items' rows from their text
+            features = np.asarray(embed(list(texts), params.tokenize.encoder))
+            fill = rows_from_features(
+                rows[torch.as_tensor(take[in_map])], features[in_map], features[~in_map]
+            )
+        new_rows_from = "mean" if fill is None else "text"
+        rec = carry_item_inputs(rec, rows, take, fill)
     token_map = TokenMap(
         item_ids=tuple(item_ids),
         codes=codes,
@@ -183,6 +196,7 @@ def load_warm_start(
         "known_items": int(in_map.sum()),
         "dropped_items": len(set(old.item_ids) - set(item_ids)),
         "new_item_seconds": time.perf_counter() - started,
+        "new_rows_from": new_rows_from,
         **{f"new_{k}": v for k, v in assignment.items()},
         **token_map_stats(codes, sizes),
     }
@@ -288,21 +302,75 @@ def item_input_rows(rec: GenerativeRecommender) -> torch.Tensor | None:
 
 
 def carry_item_inputs(
-    rec: GenerativeRecommender, rows: torch.Tensor, take: np.ndarray
+    rec: GenerativeRecommender,
+    rows: torch.Tensor,
+    take: np.ndarray,
+    fill: torch.Tensor | None = None,
 ) -> GenerativeRecommender:
     """The same model with one item input row per entry of `take`, placed right after the
     tokenizer's vocabulary (which may have grown): row `take[r]` of `rows`, or for -1 (an item
-    new to the model) the mean of `rows`."""
+    new to the model) the next row of `fill` (one per -1, in order), or without it the mean of
+    `rows`."""
     take = np.asarray(take, dtype=np.int64)
     if len(take) and int(take.max()) >= len(rows):
         raise ValueError(f"item input row {int(take.max())} of {len(rows)}")
     base, n = len(rec.tokenizer), len(take)
     old = torch.as_tensor(take, device=rows.device)
     new = torch.where(old[:, None] >= 0, rows[old.clamp(min=0)], rows.mean(0, keepdim=True))
+    if fill is not None:
+        missing = torch.nonzero(old < 0).flatten()
+        if tuple(fill.shape) != (len(missing), rows.shape[1]):
+            raise ValueError(
+                f"fill rows {tuple(fill.shape)} for {len(missing)} new items of width "
+                f"{rows.shape[1]}"
+            )
+        new[missing] = fill.to(device=rows.device, dtype=rows.dtype)
     resize_vocabulary(rec.model, base + n)
     with torch.no_grad():
         rec.model.get_input_embeddings().weight[base:] = new
     return dataclasses.replace(rec, item_inputs=n, item_input_base=base)
+
+
+def rows_from_features(
+    rows: torch.Tensor, features: np.ndarray, new_features: np.ndarray
+) -> torch.Tensor:
+    """New items' rows predicted from their features (`model.item_rows_init: text` in a
+    champion start): a ridge regression from the known items' features (text embeddings) to
+    their trained `rows`, its strength chosen by generalised cross-validation, so that a new
+    item starts where the champion put items of similar text rather than at the mean row.
+
+    float [len(new_features), width], `rows`' dtype; the mean row where nothing can be fitted
+    (fewer than two known items, or their features all alike)."""
+    y = rows.detach().double().cpu()
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    z = torch.as_tensor(np.asarray(new_features), dtype=torch.float64)
+    if x.ndim != 2 or z.ndim != 2 or len(x) != len(y) or x.shape[1] != z.shape[1]:
+        raise ValueError(
+            f"rows_from_features: {tuple(y.shape)} rows, features {tuple(x.shape)} and new "
+            f"features {tuple(z.shape)} do not match"
+        )
+    if not (torch.isfinite(x).all() and torch.isfinite(z).all()):
+        raise ValueError("rows_from_features: features hold NaN or infinite values")
+    y_mean, x_mean = y.mean(0), x.mean(0)
+    fallback = y_mean.expand(len(z), -1).clone().to(rows.dtype)
+    if len(x) < 2:
+        return fallback
+    xc, yc = x - x_mean, y - y_mean
+    u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    keep = s > s[0] * 1e-9 if len(s) and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    if not keep.any():
+        return fallback
+    u, s, vh = u[:, keep], s[keep], vh[keep]
+    uty = u.T @ yc  # [r, width]
+    n, best = len(x), None
+    for lam in (s[0] ** 2) * torch.logspace(-6, 1, 15, dtype=torch.float64):
+        shrink = s**2 / (s**2 + lam)  # the fit's eigenvalues
+        resid = yc - u @ (shrink[:, None] * uty)
+        gcv = n * resid.pow(2).sum() / (n - shrink.sum()).clamp(min=1e-9) ** 2
+        if best is None or gcv < best[0]:
+            best = (gcv, lam)
+    coef = vh.T @ ((s / (s**2 + best[1]))[:, None] * uty)  # [d, width]
+    return (y_mean + (z - x_mean) @ coef).to(rows.dtype)
 
 
 def grow_codebooks(rec: GenerativeRecommender, sizes: tuple[int, ...]) -> GenerativeRecommender:

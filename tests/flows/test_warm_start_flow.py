@@ -90,6 +90,7 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
     assert start["start"] == "champion" and start["champion"] == str(champion)
     stats = start["new_item_stats"]
     assert stats["new_count"] == 6 and stats["new_items"] == "model"
+    assert stats["new_rows_from"] == "text"  # their rows predicted from their text
     assert 0.0 <= stats["new_collision_rate_before"] <= 1.0
     assert [r["epoch"] for r in report["rounds"]] == [1]  # the warm budget, no refinement
 

@@ -6,6 +6,7 @@ downloads with everything a warm start needs."""
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from components.siit.warm_start import (
     grow_codebooks,
     incompatibility,
     load_warm_start,
+    rows_from_features,
     tokenizer_candidates,
     warm_start_record,
 )
@@ -73,6 +75,18 @@ def make_champion(root: Path, params: Params, n_items: int = 20) -> Path:
 
 def _no_embeddings(texts, encoder):  # the random tokenizer needs none
     raise AssertionError("embeddings requested")
+
+
+def _text_embeddings(texts, encoder):
+    """Stand-in sentence vectors: one direction per topic word, plus a little per text."""
+    topics = np.random.default_rng(7).normal(size=(5, 16))
+    return np.stack(
+        [
+            topics[int(t.split("topic ")[1].split()[0])]
+            + np.random.default_rng(zlib.crc32(t.encode())).normal(size=16) * 0.1
+            for t in texts
+        ]
+    ).astype(np.float32)
 
 
 # the fitted tokenizer ------------------------------------------------------------------------
@@ -192,21 +206,44 @@ def test_growing_the_codebooks_keeps_each_items_input_row() -> None:
 # loading a champion -------------------------------------------------------------------------
 
 
-def test_item_input_rows_follow_their_items_into_the_new_catalogue(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rows_init", ["random", "text"])
+def test_item_input_rows_follow_their_items_into_the_new_catalogue(
+    rows_init: str, tmp_path: Path
+) -> None:
     torch.set_num_threads(1)
-    params = _params(model={"item_inputs": True, "item_inputs_in_head": False})
+    params = _params(
+        model={"item_inputs": True, "item_inputs_in_head": False, "item_rows_init": rows_init}
+    )
     champion = make_champion(tmp_path / "champion", params)
     old_rec = GenerativeRecommender.load(champion / MODEL_DIR, device=torch.device("cpu"))
     old_ids = list(TokenMap.load(champion / TOKEN_MAP_FILE).item_ids)
     old_rows = old_rec.model.get_input_embeddings().weight[old_rec.item_input_base :].detach()
     ids = sorted([str(i) for i in range(2, 26)], key=int)  # 0, 1 dropped; 20..25 new
-    warm = load_warm_start(champion, params, ids, _texts(ids), _no_embeddings)
+    asked: list[tuple[list[str], str]] = []
+
+    def embed(texts, encoder):
+        asked.append((list(texts), encoder))
+        return _text_embeddings(texts, encoder)
+
+    warm = load_warm_start(champion, params, ids, _texts(ids), embed)
     rec = warm.rec
     assert rec.item_inputs == len(ids)
     rows = rec.model.get_input_embeddings().weight[rec.item_input_base :].detach()
     assert rows.shape[0] == len(ids)
+    new = [r for r, item in enumerate(ids) if item not in old_ids]
+    if rows_init == "text":  # new rows predicted from the known items' text and rows
+        assert asked == [(_texts(ids), params.tokenize.encoder)]
+        features = _text_embeddings(_texts(ids), None)
+        known = [r for r in range(len(ids)) if r not in new]
+        predicted = rows_from_features(
+            old_rows[[old_ids.index(ids[r]) for r in known]], features[known], features[new]
+        )
+        assert warm.stats["new_rows_from"] == "text"
+    else:
+        assert asked == [] and warm.stats["new_rows_from"] == "mean"
+        predicted = old_rows.mean(0).expand(len(new), -1)
     for r, item in enumerate(ids):
-        want = old_rows[old_ids.index(item)] if item in old_ids else old_rows.mean(0)
+        want = old_rows[old_ids.index(item)] if item in old_ids else predicted[new.index(r)]
         torch.testing.assert_close(rows[r], want)
     prompt = rec.prompt_builder(warm.token_map.codes).seqrec_prompt(np.arange(len(ids)))
     logits = rec.model(input_ids=torch.tensor([prompt])).logits
@@ -257,7 +294,7 @@ def test_existing_items_keep_identifiers_new_items_get_free_ones(
     # items 0 and 1 left the catalogue; 20..25 are new (ids sort naturally among the old ones)
     ids = sorted([str(i) for i in range(2, 26)], key=int)
     assert incompatibility(champion, params, ids) is None
-    warm = load_warm_start(champion, params, ids, _texts(ids), _no_embeddings)
+    warm = load_warm_start(champion, params, ids, _texts(ids), _text_embeddings)
     codes = warm.token_map.codes
     assert list(warm.token_map.item_ids) == ids
     for row, item in enumerate(ids):
@@ -313,3 +350,32 @@ def test_the_registered_champion_downloads_with_its_tokenizer(
     ids = [str(i) for i in range(20)]
     assert incompatibility(folder, params, ids) is None
     assert ItemEncoder.load(folder / ITEM_ENCODER_DIR).method == "random"
+
+
+def test_new_items_rows_are_predicted_from_their_features() -> None:
+    """`rows_from_features`: rows that are a linear function of the features (plus noise) are
+    recovered for unseen items far better than by the mean row; degenerate inputs fall back."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 24))
+    truth = features @ rng.normal(size=(24, 16)) + 0.5
+    rows = torch.as_tensor(truth[:250] + rng.normal(size=(250, 16)) * 0.3, dtype=torch.float32)
+    got = rows_from_features(rows, features[:250], features[250:])
+    assert got.dtype == torch.float32 and got.shape == (50, 16)
+    err = (got.double() - torch.as_tensor(truth[250:])).pow(2).mean()
+    err_mean = (rows.double().mean(0) - torch.as_tensor(truth[250:])).pow(2).mean()
+    assert err < 0.05 * err_mean
+    # rows unrelated to the features: shrunk to about the mean row
+    noise = torch.as_tensor(rng.normal(size=(250, 16)), dtype=torch.float32)
+    flat = rows_from_features(noise, features[:250], features[250:])
+    assert (flat - noise.mean(0)).pow(2).mean() < 0.1 * noise.var(0).mean()
+    # nothing to fit: the mean row
+    same = rows_from_features(rows, np.ones((250, 24)), features[250:])
+    torch.testing.assert_close(same, rows.mean(0).expand(50, -1))
+    one = rows_from_features(rows[:1], features[:1], features[250:])
+    torch.testing.assert_close(one, rows[:1].expand(50, -1))
+    with pytest.raises(ValueError, match="do not match"):
+        rows_from_features(rows, features[:249], features[250:])
+    bad = features[250:].copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        rows_from_features(rows, features[:250], bad)
