@@ -35,38 +35,25 @@ sys.path[0] = str(ROOT)
 sys.path.insert(1, str(ROOT / "bench"))
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from compare_runs import load_group  # noqa: E402
-from scipy import stats  # noqa: E402
+from decode_head import average, load_run_model  # noqa: E402
+from siit_vs_static import t_interval  # noqa: E402
 
-from components.config import load_params  # noqa: E402
-from components.data.dataset import Dataset  # noqa: E402
 from components.evaluation import recommend_generative  # noqa: E402
 from components.metrics import ranking_metrics  # noqa: E402
-from components.model.recommender import GenerativeRecommender  # noqa: E402
 from components.paths import Paths  # noqa: E402
 from components.siit.warm_start import rows_from_features  # noqa: E402
-from components.tokenizers import TokenMap, embed_texts  # noqa: E402
+from components.tokenizers import embed_texts  # noqa: E402
 
 VARIANTS = ("mean", "text", "trained")
 
 
-def average(m: dict[str, float]) -> float:
-    return float(np.mean([m["recall@5"], m["recall@10"], m["ndcg@5"], m["ndcg@10"]]))
-
-
 def cold_rows(work: Path, kind: str, share: float, seed: int) -> dict[str, dict[str, dict]]:
     """{variant: {"all" | "cold": metrics}} for one finished run's selected model."""
-    params = load_params(work / "params.yaml")
-    dataset = Dataset.read(work / "data" / "processed")
-    folder = work / "artifacts" / "models" / kind
-    rec = GenerativeRecommender.load(folder / "model", device=torch.device("cpu"))
-    if not rec.item_inputs:
-        raise SystemExit(f"{work}: the model has no item rows (model.item_inputs false)")
-    codes = TokenMap.load(folder / "token_map.parquet").codes
+    params, dataset, rec, codes = load_run_model(work, kind)
     features = embed_texts(
         dataset.item_texts(), params.tokenize.encoder, Paths(work).embeddings_cache
     )
@@ -95,12 +82,9 @@ def cold_rows(work: Path, kind: str, share: float, seed: int) -> dict[str, dict[
     return out
 
 
-def t_interval(diffs: list[float]) -> str:
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return f"{mean:+.4f}"
-    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
+def interval(diffs: list[float]) -> str:
+    mean, lo, hi = t_interval(diffs)
+    return f"{mean:+.4f}" if len(diffs) < 2 else f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def main() -> None:
@@ -143,7 +127,7 @@ def main() -> None:
     print("| users | text - mean | trained - mean |")
     print("|---|---|---|")
     for part in ("all", "cold"):
-        print(f"| {part} | {t_interval(diffs[part])} | {t_interval(ceiling[part])} |")
+        print(f"| {part} | {interval(diffs[part])} | {interval(ceiling[part])} |")
 
 
 if __name__ == "__main__":

@@ -40,15 +40,21 @@ SETTINGS = (True, "training")  # decoding over the item rows, and without them
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
 
-def redecode(work: Path, kind: str) -> dict:
-    """{setting: {split: metrics, "seconds": decoding time}} for one finished run's model."""
+def load_run_model(work: Path, kind: str):
+    """(params, dataset, model, codes) of one finished run's selected model, on the CPU; a
+    model without item rows is refused (every bench that reads them needs them)."""
     params = load_params(work / "params.yaml")
     dataset = Dataset.read(work / "data" / "processed")
     folder = work / "artifacts" / "models" / kind
     rec = GenerativeRecommender.load(folder / "model", device=torch.device("cpu"))
     if not rec.item_inputs:
-        raise SystemExit(f"{work}: the model has no item input rows (model.item_inputs false)")
-    codes = TokenMap.load(folder / "token_map.parquet").codes
+        raise SystemExit(f"{work}: the model has no item rows (model.item_inputs false)")
+    return params, dataset, rec, TokenMap.load(folder / "token_map.parquet").codes
+
+
+def redecode(work: Path, kind: str) -> dict:
+    """{setting: {split: metrics, "seconds": decoding time}} for one finished run's model."""
+    params, dataset, rec, codes = load_run_model(work, kind)
     out = {}
     for setting in SETTINGS:
         # the same weights; __post_init__ installs the head the setting asks for

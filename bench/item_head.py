@@ -48,10 +48,8 @@ import argparse  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from compare_runs import load_group  # noqa: E402
-from decode_head import average  # noqa: E402
+from decode_head import average, load_run_model  # noqa: E402
 
-from components.config import load_params  # noqa: E402
-from components.data.dataset import Dataset  # noqa: E402
 from components.evaluation import evaluate_ranking, seen_mask  # noqa: E402
 from components.model.decoding import (  # noqa: E402
     BeamResult,
@@ -62,9 +60,7 @@ from components.model.decoding import (  # noqa: E402
     sequence_log_probs,
     with_row_candidates,
 )
-from components.model.head import item_rows  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
-from components.tokenizers.token_map import TokenMap  # noqa: E402
 
 
 def top_k(scores: torch.Tensor, k: int) -> np.ndarray:
@@ -115,15 +111,9 @@ def rank_all(
 ) -> dict:
     """{split: {ranking: metrics}} for one finished run's selected model (with `headroom`,
     also the shortlists' recall, under "recall")."""
-    params = load_params(work / "params.yaml")
+    params, dataset, rec, codes = load_run_model(work, kind)
     cfg = params.evaluate
-    dataset = Dataset.read(work / "data" / "processed")
-    folder = work / "artifacts" / "models" / kind
-    rec = GenerativeRecommender.load(folder / "model", device=torch.device("cpu"))
-    if item_rows(rec.model) is None:
-        raise SystemExit(f"{work}: the model has no item rows (model.item_inputs false)")
     rec.model.eval()
-    codes = TokenMap.load(folder / "token_map.parquet").codes
     builder = rec.prompt_builder(codes)
     trie = PrefixTrie.from_codes(codes, rec.codebook_sizes)
     out = {}

@@ -67,5 +67,5 @@ def test_each_run_is_decoded_as_a_model_trained_with_either_setting(
 def test_a_model_without_item_rows_is_refused(decode_head, tmp_path: Path) -> None:
     work = tmp_path / "p-s1-siit"
     _run(work, item_inputs=False)
-    with pytest.raises(SystemExit, match="no item input rows"):
+    with pytest.raises(SystemExit, match="no item rows"):
         decode_head.redecode(work, "siit")
