@@ -8,6 +8,30 @@ import pytest
 
 from flows.server import local_prefect_server
 
+# The modules that take a minute or more (whole pipelines in subprocesses, a browser), longest
+# first, as measured by `--durations` on the 2-core development machine. `make test` hands
+# modules to its xdist workers in collection order (`--dist loadscope`); collected in path
+# order, the MLflow UI test (about two minutes) came last and kept one worker busy while the
+# other sat idle. Longest first, every worker finishes at about the same time.
+LONG_MODULES = (
+    "tests/flows/test_pipeline_dvc.py",
+    "tests/flows/test_train_models.py",
+    "tests/flows/test_train_siit.py",
+    "tests/ui/test_mlflow_ui.py",
+    "tests/reliability/test_bad_inputs.py",
+    "tests/flows/test_resume.py",
+    "tests/flows/test_register.py",
+    "tests/model/test_training.py",
+    "tests/serving/test_served_model.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long modules first (longest first), then every other test in path order; a
+    module's tests stay together and in their order."""
+    rank = {module: i for i, module in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
 
 @pytest.fixture(scope="session")
 def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:

@@ -41,3 +41,12 @@ def test_metrics_and_plot_data_are_versioned_and_bulky_outputs_are_not() -> None
     assert small and not _ignored(small)
     bulky = ["reports/recommendations_test.parquet", "reports/code_usage.png", "artifacts/models"]
     assert _ignored(bulky) == set(bulky)
+
+
+def test_the_long_modules_run_first_and_exist() -> None:
+    """`tests/conftest.py` orders the long modules first for the xdist workers: a renamed or
+    removed one would silently go back to the end."""
+    from tests.conftest import LONG_MODULES
+
+    assert len(set(LONG_MODULES)) == len(LONG_MODULES)
+    assert [m for m in LONG_MODULES if not (REPO / m).is_file()] == []
