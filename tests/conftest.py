@@ -16,13 +16,15 @@ from flows.server import local_prefect_server
 LONG_MODULES = (
     "tests/flows/test_pipeline_dvc.py",
     "tests/flows/test_train_models.py",
-    "tests/flows/test_train_siit.py",
     "tests/ui/test_mlflow_ui.py",
     "tests/reliability/test_bad_inputs.py",
     "tests/flows/test_resume.py",
     "tests/flows/test_register.py",
+    "tests/flows/test_train_siit.py",
     "tests/model/test_training.py",
     "tests/serving/test_served_model.py",
+    "tests/reliability/test_determinism.py",
+    "tests/reliability/test_interruption.py",
 )
 
 

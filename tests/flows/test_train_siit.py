@@ -1,12 +1,13 @@
-"""`siit train_siit` with the context signal: the immediate effect of every refinement and the
-best epoch are recorded and the refined maps are bijections (determinism: test_resume.py)."""
+"""The SIIT model's training flow with the context signal: the immediate effect of every
+refinement and the best epoch are recorded and the refined maps are bijections (determinism:
+test_resume.py, which runs `siit train_siit` itself). The flow runs in the test's process
+against the session's Prefect server: the real code path without a process start per run."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,8 @@ import yaml
 
 from components.metrics import cross_fitted_metrics, metrics_from_ranks
 from tests.flows.conftest import copy_prepared
-from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge, run
+from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge
 
-BIN = Path(sys.executable).parent
 PARAMS = _merge(
     TINY_PARAMS,
     {
@@ -36,21 +36,29 @@ def prepared(
     return root, copy_prepared(tiny_prepared, root, {**os.environ, **prefect_env}, PARAMS)
 
 
-def _train(src: Path, dst: Path, env: dict[str, str]) -> dict:
+def _train(src: Path, dst: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict:
+    """`siit train_siit`'s flow on a copy of `src`, in this process, on one thread (a tiny
+    model trains faster on one)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.train import train_flow
+
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
-    run(
-        [str(BIN / "siit"), "train_siit"],
-        dst,
-        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}"},
-    )
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["train"]["threads"] = 1
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dst / 'mlflow.db'}")
+    monkeypatch.chdir(dst)
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        train_flow(mode="siit", root=str(dst))
     return json.loads((dst / "reports/models/siit.json").read_text())
 
 
 def test_context_signal_records_immediate_effect_and_best_epoch(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, env = prepared
-    report = _train(root, tmp_path / "a", env)
+    report = _train(root, tmp_path / "a", env, monkeypatch)
     rounds = pl.read_csv(tmp_path / "a/reports/rounds.csv")
     assert rounds.get_column("epoch").to_list() == [1, 2, 3]
     refined = rounds.filter(pl.col("churn").is_not_null())
@@ -99,7 +107,7 @@ def test_context_signal_records_immediate_effect_and_best_epoch(
 
 
 def test_t5_trains_refines_and_ranks_through_the_flow(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`model.architecture: t5` end to end: train, validate, refine by context, test; the saved
     model is a T5 and every test user gets 10 unseen items."""
@@ -111,7 +119,7 @@ def test_t5_trains_refines_and_ranks_through_the_flow(
     params["train"].update({"epochs": 2, "threads": 1})  # tiny: one thread is faster
     params["siit"].update({"rounds": 1, "refine_after": [1]})
     (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    report = _train(src, tmp_path / "t5", env)
+    report = _train(src, tmp_path / "t5", env, monkeypatch)
     out = tmp_path / "t5"
     meta = json.loads((out / "artifacts/models/siit/model/siit_model.json").read_text())
     assert meta["architecture"] == "t5"
@@ -139,7 +147,7 @@ def test_t5_trains_refines_and_ranks_through_the_flow(
 
 
 def test_text_holdout_moves_only_each_rounds_fold(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`siit.text_holdout`: each refinement moves items of its own fold only (the fold that
     trained without item2id before it), with `siit.free_candidates` onto identifiers that no
@@ -161,7 +169,7 @@ def test_text_holdout_moves_only_each_rounds_fold(
         }
     )
     (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _train(src, tmp_path / "h", env)
+    _train(src, tmp_path / "h", env, monkeypatch)
     maps = [
         pl.read_parquet(p).select("c0", "c1", "c2").to_numpy()
         for p in sorted((tmp_path / "h/artifacts/token_maps").glob("*.parquet"))
