@@ -189,10 +189,10 @@ class GenerativeRecommender:
         left = comps.clone()  # what the item's first l codes do not say yet
         for lvl in range(self.levels):
             if lvl:  # items that share their first lvl codes: their mean is said
-                _, group = np.unique(codes[:, :lvl], axis=0, return_inverse=True)
-                left = left - _group_means(left, group.reshape(-1))[group.reshape(-1)]
+                group = np.unique(codes[:, :lvl], axis=0, return_inverse=True)[1].reshape(-1)
+                left = left - _group_means(left, group)[group]
             held, which = np.unique(codes[:, lvl], return_inverse=True)
-            rows = _group_means(left, which.reshape(-1))  # [len(held), k]
+            rows = _group_means(left, which)  # [len(held), k]
             ids = self.code_token_ids[lvl][torch.as_tensor(held)]
             current = weight.data[ids, :k]
             spread = rows.std()
@@ -375,6 +375,6 @@ def _components(features: np.ndarray, n: int, width: int, what: str) -> torch.Te
 
 def _group_means(x: torch.Tensor, group: np.ndarray) -> torch.Tensor:
     """Row g: the mean of the rows of `x` in group g (groups numbered 0..G-1, none empty)."""
-    index = torch.as_tensor(group, dtype=torch.long)
+    index = torch.as_tensor(np.asarray(group).reshape(-1), dtype=torch.long)
     sums = torch.zeros(int(index.max()) + 1, x.shape[1], dtype=x.dtype).index_add_(0, index, x)
     return sums / torch.bincount(index).unsqueeze(1).to(x.dtype)
