@@ -102,16 +102,38 @@ def project(
 ) -> tuple[Path, dict[str, str]]:
     """A fresh git + DVC repository holding the pipeline definition and tiny params."""
     root = tmp_path_factory.mktemp("project")
-    return root, init_project(root, prefect_env)
+    env = init_project(root, prefect_env)
+    env.pop("OMP_NUM_THREADS", None)  # the train stage shares the threads out itself
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def reproduced(project: tuple[Path, dict[str, str]]) -> subprocess.CompletedProcess:
+    """`dvc repro` of the fresh project, once for the module: its train stage is `siit train`
+    as it runs by default, both models at once (the tests below compare with it)."""
+    root, env = project
+    return run([str(BIN / "dvc"), "repro"], root, env)
 
 
 def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
+def loss_points(root: Path, model: str) -> int:
+    """Training-loss points in MLflow: one per epoch trained, in the model's round runs."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute(
+            "SELECT count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+            "WHERE r.name LIKE ? AND m.key = 'train/loss'",
+            (f"{model}-round-%",),
+        ).fetchone()[0]
+
+
+def test_dvc_repro_end_to_end(
+    project: tuple[Path, dict[str, str]], reproduced: subprocess.CompletedProcess
+) -> None:
     root, env = project
-    first = run([str(BIN / "dvc"), "repro"], root, env)
+    first = reproduced
     stages = ran_stages(first.stdout)
     assert set(stages) == {
         "prepare",
@@ -150,6 +172,11 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict[str, str]]) -> None:
         assert {"tokenize", "static", "siit", "siit-round-0", "siit-round-1", "report"} <= runs
         metric_keys = {k for (k,) in db.execute("select distinct key from metrics")}
         assert "train/loss" in metric_keys and "test/ndcg_at_10" in metric_keys
+
+    # the train stage trained both models at once and removed their checkpoints
+    assert "trained: static" in first.stdout + first.stderr
+    assert loss_points(root, "static") > 0 and loss_points(root, "siit") > 0
+    assert not any((root / "artifacts/checkpoints").glob("*/*")), "checkpoints left behind"
 
     # nothing changed: nothing runs
     second = run([str(BIN / "dvc"), "repro"], root, env)
@@ -194,3 +221,97 @@ def test_validation_failure_stops_and_writes_nothing(
     assert interactions.name in proc.stderr and "user_id" in proc.stderr
     assert not (work / "data/processed").exists()
     assert not (work / "reports/data_validation.json").exists()
+
+
+# The train stage's two ways of running, compared with the models `dvc repro` trained above
+# (both at once, the default): one `siit train` fewer than a run of its own for the comparison.
+
+
+def outcome(root: Path) -> dict[str, object]:
+    """Everything both models produced, timings left out."""
+    out: dict[str, object] = {}
+    for mode in ("static", "siit"):
+        report = json.loads((root / f"reports/models/{mode}.json").read_text())
+        report.pop("train_seconds")
+        for row in report["rounds"]:
+            row.pop("seconds")
+        out[mode] = report
+        out[f"{mode}/recs"] = (
+            root / f"reports/models/{mode}_recommendations_test.parquet"
+        ).read_bytes()
+        weights = sorted((root / f"artifacts/models/{mode}/model").glob("*.safetensors"))
+        out[f"{mode}/weights"] = [p.read_bytes() for p in weights]
+        out[f"{mode}/map"] = (root / f"artifacts/models/{mode}/token_map.parquet").read_bytes()
+    for path in sorted((root / "artifacts/token_maps").glob("*.parquet")):
+        out[path.name] = path.read_bytes()
+    return out
+
+
+def test_in_turn_after_a_stop_gives_the_same_models_and_trains_nothing_twice(
+    project: tuple[Path, dict[str, str]],
+    reproduced: subprocess.CompletedProcess,
+    tiny_prepared: Path,
+    tmp_path: Path,
+) -> None:
+    """The stage stopped after the static model had finished, re-run in turn
+    (`train.concurrent: false`, every thread for each model, or one where the thread count
+    changes this CPU's results): the static model is not trained again, and every output is
+    the same bytes as both models trained at once on one thread each by `dvc repro`."""
+    from components.thread_share import thread_count_changes_results
+    from tests.flows.conftest import copy_prepared
+
+    root, env = project
+    resumed = tmp_path / "resumed"
+    # where this CPU's products change with the thread count, "at once" kept one thread each
+    # (no hand-off): in turn then runs on one thread too, else on every thread
+    fixed = {"threads": 1} if thread_count_changes_results() else {}
+    env_b = copy_prepared(tiny_prepared, resumed, env, {"train": {"concurrent": False, **fixed}})
+    # the static model finished (its checkpoint kept, as the stage keeps it) ...
+    run([str(BIN / "siit"), "train_static"], resumed, {**env_b, "SIIT_KEEP_CHECKPOINT": "1"})
+    assert (resumed / "artifacts/checkpoints/static").is_dir()
+    trained = loss_points(resumed, "static")
+    for out in ("artifacts/models/static", "reports/models"):  # ... and DVC removes outputs
+        shutil.rmtree(resumed / out)
+
+    run([str(BIN / "siit"), "train"], resumed, env_b)
+    assert loss_points(resumed, "static") == trained, "the finished model trained again"
+    assert outcome(resumed) == outcome(root)
+    assert not any((resumed / "artifacts/checkpoints").glob("*/*"))
+
+
+def test_both_models_are_subflows_of_the_stage_in_prefect(
+    reproduced: subprocess.CompletedProcess, prefect_env: dict[str, str]
+) -> None:
+    """The Prefect UI nests each model's flow run under the stage's: a `train_<mode>` task run
+    of the train-models flow run stands for the process, completed with it."""
+    import httpx
+
+    api = prefect_env["PREFECT_API_URL"]
+
+    def post(path: str, body: dict) -> list[dict]:
+        response = httpx.post(f"{api}/{path}", json={"limit": 200, **body}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    flows = {f["id"]: f["name"] for f in post("flows/filter", {})}
+    stages = [r for r in post("flow_runs/filter", {}) if flows[r["flow_id"]] == "train-models"]
+    nested = {}
+    for stage in stages:
+        tasks = post("task_runs/filter", {"flow_runs": {"id": {"any_": [stage["id"]]}}})
+        children = post(
+            "flow_runs/filter",
+            {"flow_runs": {"parent_task_run_id": {"any_": [t["id"] for t in tasks]}}},
+        )
+        if stage["state"]["type"] == "COMPLETED" and children:
+            nested[stage["id"]] = (tasks, children)
+    assert nested, "no train-models flow run with nested model runs"
+    tasks, children = next(iter(nested.values()))
+    by_task = {t["id"]: t for t in tasks}
+    modes = {}
+    for child in children:
+        parent = by_task[child["parent_task_run_id"]]
+        assert flows[child["flow_id"]] == "train"
+        assert parent["name"].startswith(f"train_{child['parameters']['mode']}")
+        assert parent["state"]["type"] == child["state"]["type"] == "COMPLETED"
+        modes[child["parameters"]["mode"]] = child["id"]
+    assert sorted(modes) == ["siit", "static"]

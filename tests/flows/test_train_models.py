@@ -1,14 +1,13 @@
-"""The `train` stage (`siit train`): both models at once in two processes give the same bytes
-as one after the other; a model finished before the stage was stopped is not trained again;
-a failing model stops the other and fails the stage; a stopped stage stops its models."""
+"""The `train` stage (`siit train`) with stand-in models: a failing model stops the other and
+fails the stage; a finished model hands its threads on; a stopped stage stops its models. The
+real models (both at once give the same bytes as one after the other, a model finished before
+the stage was stopped is not trained again, both are subflows in Prefect) are tested in
+test_pipeline_dvc.py against the models `dvc repro` trains there."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,106 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from components.thread_share import thread_count_changes_results
 from flows import train_models
 from flows.train_models import LAUNCHER_ENV, TrainingFailed, cpu_count, run_models
-from tests.flows.conftest import copy_prepared
-from tests.flows.test_pipeline_dvc import REPO, run
-
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def prepared(
-    tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]
-) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("train-models") / "project"
-    env = {**os.environ, **prefect_env}
-    env.pop("OMP_NUM_THREADS", None)  # the stage shares the threads out itself
-    return root, copy_prepared(tiny_prepared, root, env)
-
-
-def copy_project(src: Path, dst: Path, env: dict[str, str], **train: object) -> dict[str, str]:
-    return copy_prepared(src, dst, env, {"train": train} if train else None)
-
-
-def outcome(root: Path) -> dict[str, object]:
-    """Everything both models produced, timings left out."""
-    out: dict[str, object] = {}
-    for mode in ("static", "siit"):
-        report = json.loads((root / f"reports/models/{mode}.json").read_text())
-        report.pop("train_seconds")
-        for row in report["rounds"]:
-            row.pop("seconds")
-        out[mode] = report
-        out[f"{mode}/recs"] = (
-            root / f"reports/models/{mode}_recommendations_test.parquet"
-        ).read_bytes()
-        weights = sorted((root / f"artifacts/models/{mode}/model").glob("*.safetensors"))
-        out[f"{mode}/weights"] = [p.read_bytes() for p in weights]
-        out[f"{mode}/map"] = (root / f"artifacts/models/{mode}/token_map.parquet").read_bytes()
-    for path in sorted((root / "artifacts/token_maps").glob("*.parquet")):
-        out[path.name] = path.read_bytes()
-    return out
-
-
-def loss_points(root: Path, model: str) -> int:
-    """Training-loss points in MLflow: one per epoch trained, in the model's round runs."""
-    with sqlite3.connect(root / "mlflow.db") as db:
-        return db.execute(
-            "SELECT count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-            "WHERE r.name LIKE ? AND m.key = 'train/loss'",
-            (f"{model}-round-%",),
-        ).fetchone()[0]
-
-
-@pytest.fixture(scope="module")
-def at_once(
-    prepared: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, subprocess.CompletedProcess]:
-    """`siit train` as the stage runs by default: both models at once."""
-    root, env = prepared
-    folder = tmp_path_factory.mktemp("at-once") / "project"
-    return folder, run([str(BIN / "siit"), "train"], folder, copy_project(root, folder, env))
-
-
-def test_at_once_both_models_train_and_their_checkpoints_go(
-    at_once: tuple[Path, subprocess.CompletedProcess],
-) -> None:
-    folder, proc = at_once
-    assert json.loads((folder / "reports/models/siit.json").read_text())["rounds"]
-    assert not any((folder / "artifacts/checkpoints").glob("*/*")), "checkpoints left behind"
-    assert loss_points(folder, "static") > 0 and loss_points(folder, "siit") > 0
-    assert "trained: static" in proc.stderr + proc.stdout
-
-
-def test_in_turn_after_a_stop_gives_the_same_models_and_trains_nothing_twice(
-    prepared: tuple[Path, dict[str, str]],
-    at_once: tuple[Path, subprocess.CompletedProcess],
-    tmp_path: Path,
-) -> None:
-    """The stage stopped after the static model had finished, re-run in turn
-    (`train.concurrent: false`, every thread for each model, or one where the thread count
-    changes this CPU's results): the static model is not trained again, and every output is
-    the same bytes as both models trained at once on one thread each."""
-    root, env = prepared
-    resumed = tmp_path / "resumed"
-    # where this CPU's products change with the thread count, "at once" kept one thread each
-    # (no hand-off): in turn then runs on one thread too, else on every thread
-    fixed = {"threads": 1} if thread_count_changes_results() else {}
-    env_b = copy_project(root, resumed, env, concurrent=False, **fixed)
-    # the static model finished (its checkpoint kept, as the stage keeps it) ...
-    run([str(BIN / "siit"), "train_static"], resumed, {**env_b, "SIIT_KEEP_CHECKPOINT": "1"})
-    assert (resumed / "artifacts/checkpoints/static").is_dir()
-    trained = loss_points(resumed, "static")
-    for out in ("artifacts/models/static", "reports/models"):  # ... and DVC removes outputs
-        shutil.rmtree(resumed / out)
-
-    run([str(BIN / "siit"), "train"], resumed, env_b)
-    assert loss_points(resumed, "static") == trained, "the finished model trained again"
-    assert outcome(resumed) == outcome(at_once[0])
-    assert not any((resumed / "artifacts/checkpoints").glob("*/*"))
-
+from tests.flows.test_pipeline_dvc import REPO
 
 STAND_IN = textwrap.dedent(
     """
@@ -255,44 +157,6 @@ def test_a_stopped_stage_stops_its_models(
     assert not any(alive(pid) for pid in pids), "a model outlived its stage"
     if how == signal.SIGTERM:
         assert stage.returncode == 128 + signal.SIGTERM
-
-
-def test_both_models_are_subflows_of_the_stage_in_prefect(
-    at_once: tuple[Path, subprocess.CompletedProcess], prefect_env: dict[str, str]
-) -> None:
-    """The Prefect UI nests each model's flow run under the stage's: a `train_<mode>` task run
-    of the train-models flow run stands for the process, completed with it."""
-    import httpx
-
-    api = prefect_env["PREFECT_API_URL"]
-
-    def post(path: str, body: dict) -> list[dict]:
-        response = httpx.post(f"{api}/{path}", json={"limit": 200, **body}, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    flows = {f["id"]: f["name"] for f in post("flows/filter", {})}
-    stages = [r for r in post("flow_runs/filter", {}) if flows[r["flow_id"]] == "train-models"]
-    nested = {}
-    for stage in stages:
-        tasks = post("task_runs/filter", {"flow_runs": {"id": {"any_": [stage["id"]]}}})
-        children = post(
-            "flow_runs/filter",
-            {"flow_runs": {"parent_task_run_id": {"any_": [t["id"] for t in tasks]}}},
-        )
-        if stage["state"]["type"] == "COMPLETED" and children:
-            nested[stage["id"]] = (tasks, children)
-    assert nested, "no train-models flow run with nested model runs"
-    tasks, children = next(iter(nested.values()))
-    by_task = {t["id"]: t for t in tasks}
-    modes = {}
-    for child in children:
-        parent = by_task[child["parent_task_run_id"]]
-        assert flows[child["flow_id"]] == "train"
-        assert parent["name"].startswith(f"train_{child['parameters']['mode']}")
-        assert parent["state"]["type"] == child["state"]["type"] == "COMPLETED"
-        modes[child["parameters"]["mode"]] = child["id"]
-    assert sorted(modes) == ["siit", "static"]
 
 
 def test_a_failed_model_fails_its_task_run_and_the_stopped_one_is_cancelled(
