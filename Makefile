@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 # pytest-xdist workers for `make test`: most of a test's time is spent waiting on the Prefect
 # servers and `siit` processes it starts; each worker has its own server and prepared project.
+# Modules go to the workers whole, longest first (LONG_MODULES in tests/conftest.py): xdist's
+# own re-sorting by number of tests is turned off, else the one-test modules come last.
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
@@ -30,7 +32,7 @@ run: install ## reproduce the pipeline (dvc repro) and print the results table
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/siit show
 
 test: install ## run the whole test suite
-	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 
 test-all: install ## tests including the slow ones (real SmolLM2, several processes)
 	$(BIN)/python -m pytest -q

@@ -8,23 +8,29 @@ import pytest
 
 from flows.server import local_prefect_server
 
-# The modules that take a minute or more (whole pipelines in subprocesses, a browser), longest
-# first, as measured by `--durations` on the 2-core development machine. `make test` hands
-# modules to its xdist workers in collection order (`--dist loadscope`); collected in path
-# order, the MLflow UI test (about two minutes) came last and kept one worker busy while the
-# other sat idle. Longest first, every worker finishes at about the same time.
+# The modules that take half a minute or more (whole pipelines in subprocesses, a browser),
+# longest first, as measured by `--durations` on the 2-core development machine. `make test`
+# hands whole modules to its xdist workers in collection order (`--dist loadscope
+# --no-loadscope-reorder`; xdist's default re-sorts them by number of tests, which put these
+# one-test modules last). Collected in path order, the MLflow UI test (about two minutes) came
+# last and kept one worker busy while the other sat idle. Longest first, every worker finishes
+# at about the same time.
 LONG_MODULES = (
     "tests/flows/test_pipeline_dvc.py",
-    "tests/flows/test_train_models.py",
     "tests/ui/test_mlflow_ui.py",
     "tests/reliability/test_bad_inputs.py",
     "tests/flows/test_resume.py",
-    "tests/flows/test_register.py",
-    "tests/flows/test_train_siit.py",
-    "tests/model/test_training.py",
     "tests/serving/test_served_model.py",
-    "tests/reliability/test_determinism.py",
+    "tests/flows/test_register.py",
+    "tests/model/test_training.py",
+    "tests/flows/test_warm_start_flow.py",
+    "tests/flows/test_train_siit.py",
     "tests/reliability/test_interruption.py",
+    "tests/test_tracking.py",
+    "tests/reliability/test_determinism.py",
+    "tests/reliability/test_properties.py",
+    "tests/model/test_t5.py",
+    "tests/flows/test_train_models.py",
 )
 
 

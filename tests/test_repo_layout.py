@@ -50,3 +50,9 @@ def test_the_long_modules_run_first_and_exist() -> None:
 
     assert len(set(LONG_MODULES)) == len(LONG_MODULES)
     assert [m for m in LONG_MODULES if not (REPO / m).is_file()] == []
+    # xdist's loadscope re-sorts modules by their number of tests unless told not to, which
+    # puts the one-test modules (a whole pipeline, the browser) last: the order above would
+    # then be ignored
+    makefile = (REPO / "Makefile").read_text().splitlines()
+    command = next(line for line in makefile if "-m pytest" in line and "-n " in line)
+    assert "--dist loadscope" in command and "--no-loadscope-reorder" in command, command
