@@ -1,4 +1,7 @@
-"""The real pipeline: `dvc repro` in a temporary git repo on synthetic data, real Prefect and MLflow."""
+"""The real pipeline: `dvc repro` in a temporary git repo on synthetic data, real Prefect and
+MLflow; and the train stage checked against the models it trained there (both at once give the
+same bytes as one after the other, a finished model is not trained again, both are subflows of
+the stage in Prefect)."""
 
 from __future__ import annotations
 
