@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +52,16 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "PREFECT_API_URL": url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
+
+
+@contextmanager
+def flows_in(root: Path, prefect_env: dict[str, str]) -> Iterator[None]:
+    """Run flows in this process as a `siit <stage>` process in `root` would: `root` as the
+    working folder, its own MLflow store, the session's Prefect server; all restored after."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.chdir(root)
+        with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
+            yield

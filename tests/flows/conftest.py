@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import flows_in
 from tests.flows.test_pipeline_dvc import REPO, TINY_PARAMS, _merge
 
 
@@ -17,20 +18,15 @@ def tiny_prepared(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[st
     """Read-only: copy it with `copy_prepared`. The three stages' flows run in this process
     against the session's Prefect server: three interpreter starts fewer per test worker (the
     console script runs them in `dvc repro` and the bad-data corpus)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from flows.data import prepare_flow, validate_flow
     from flows.tokenize import tokenize_flow
 
     root = tmp_path_factory.mktemp("tiny-prepared")
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.chdir(root)
-        with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
-            for stage in (prepare_flow, validate_flow, tokenize_flow):
-                stage(root=str(root))
+    with flows_in(root, prefect_env):
+        for stage in (prepare_flow, validate_flow, tokenize_flow):
+            stage(root=str(root))
     return root
 
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.metrics import cross_fitted_metrics, metrics_from_ranks
+from tests.conftest import flows_in
 from tests.flows.conftest import copy_prepared
 from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge
 
@@ -36,29 +37,25 @@ def prepared(
     return root, copy_prepared(tiny_prepared, root, {**os.environ, **prefect_env}, PARAMS)
 
 
-def _train(src: Path, dst: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict:
+def _train(src: Path, dst: Path, env: dict[str, str]) -> dict:
     """`siit train_siit`'s flow on a copy of `src`, in this process, on one thread (a tiny
     model trains faster on one)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from flows.train import train_flow
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["train"]["threads"] = 1
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dst / 'mlflow.db'}")
-    monkeypatch.chdir(dst)
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+    with flows_in(dst, env):
         train_flow(mode="siit", root=str(dst))
     return json.loads((dst / "reports/models/siit.json").read_text())
 
 
 def test_context_signal_records_immediate_effect_and_best_epoch(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     root, env = prepared
-    report = _train(root, tmp_path / "a", env, monkeypatch)
+    report = _train(root, tmp_path / "a", env)
     rounds = pl.read_csv(tmp_path / "a/reports/rounds.csv")
     assert rounds.get_column("epoch").to_list() == [1, 2, 3]
     refined = rounds.filter(pl.col("churn").is_not_null())
@@ -107,7 +104,7 @@ def test_context_signal_records_immediate_effect_and_best_epoch(
 
 
 def test_t5_trains_refines_and_ranks_through_the_flow(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """`model.architecture: t5` end to end: train, validate, refine by context, test; the saved
     model is a T5 and every test user gets 10 unseen items."""
@@ -119,7 +116,7 @@ def test_t5_trains_refines_and_ranks_through_the_flow(
     params["train"].update({"epochs": 2, "threads": 1})  # tiny: one thread is faster
     params["siit"].update({"rounds": 1, "refine_after": [1]})
     (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    report = _train(src, tmp_path / "t5", env, monkeypatch)
+    report = _train(src, tmp_path / "t5", env)
     out = tmp_path / "t5"
     meta = json.loads((out / "artifacts/models/siit/model/siit_model.json").read_text())
     assert meta["architecture"] == "t5"
@@ -147,7 +144,7 @@ def test_t5_trains_refines_and_ranks_through_the_flow(
 
 
 def test_text_holdout_moves_only_each_rounds_fold(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """`siit.text_holdout`: each refinement moves items of its own fold only (the fold that
     trained without item2id before it), with `siit.free_candidates` onto identifiers that no
@@ -169,7 +166,7 @@ def test_text_holdout_moves_only_each_rounds_fold(
         }
     )
     (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _train(src, tmp_path / "h", env, monkeypatch)
+    _train(src, tmp_path / "h", env)
     maps = [
         pl.read_parquet(p).select("c0", "c1", "c2").to_numpy()
         for p in sorted((tmp_path / "h/artifacts/token_maps").glob("*.parquet"))

@@ -21,6 +21,7 @@ import yaml
 from components import tracking
 from components.config import TrackingConfig
 from flows.server import free_port, stop_processes, wait_healthy
+from tests.conftest import flows_in
 from tests.flows.test_pipeline_dvc import REPO, TINY_PARAMS, _merge
 
 pytestmark = pytest.mark.ui
@@ -63,8 +64,6 @@ if _missing():
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str, str]):
     """Every stage of a tiny synthetic pipeline, in this process, against a real Prefect server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from components.config import load_params
     from components.model.base_model import write_manifest
     from flows.data import prepare_flow, validate_flow
@@ -77,28 +76,16 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, prefect_env: dict[str
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")  # the stages' inputs, for lineage
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with flows_in(root, prefect_env):
+        prepare_flow(root=str(root))
+        validate_flow(root=str(root))
+        tokenize_flow(root=str(root))
+        write_manifest(root / "params.yaml", root / "artifacts/base_model.json")
+        train_flow(mode="static", root=str(root))
+        train_flow(mode="siit", root=str(root))
+        report_flow(root=str(root))
+        register_flow(root=str(root))
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI",)}
-    cwd = os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.chdir(root)
-    try:
-        with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
-            prepare_flow(root=str(root))
-            validate_flow(root=str(root))
-            tokenize_flow(root=str(root))
-            write_manifest(root / "params.yaml", root / "artifacts/base_model.json")
-            train_flow(mode="static", root=str(root))
-            train_flow(mode="siit", root=str(root))
-            report_flow(root=str(root))
-            register_flow(root=str(root))
-    finally:
-        os.chdir(cwd)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return root, uri, load_params(root / "params.yaml").tracking.experiment
 
 
