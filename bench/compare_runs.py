@@ -22,14 +22,17 @@ from runner import RUNS  # noqa: E402
 from siit_vs_static import print_tables  # noqa: E402
 
 
-def load_group(group: str, seeds: list[int]) -> tuple[str, dict[int, dict]]:
-    """(report kind, {seed: {kind: report, "work": folder}}) of one group's runs."""
+def load_group(
+    group: str, seeds: list[int], runs_dir: Path | None = None
+) -> tuple[str, dict[int, dict]]:
+    """(report kind, {seed: {kind: report, "work": folder}}) of one group's runs, found in
+    `runs_dir` (default bench/.runs)."""
     tag, sep, model = group.partition("-")
     if not sep or not tag or not model:
         raise SystemExit(f"{group!r}: a group is <tag>-<model>, e.g. hoii-siit")
     runs, kinds = {}, set()
     for seed in seeds:
-        work = RUNS / f"{tag}-s{seed}-{model}"
+        work = (runs_dir or RUNS) / f"{tag}-s{seed}-{model}"
         found = [k for k in ("siit", "static") if (work / "reports/models" / f"{k}.json").exists()]
         if not found:
             raise SystemExit(f"{work}: no finished run (reports/models/siit.json or static.json)")
