@@ -180,9 +180,11 @@ def data_fingerprint(processed: Path) -> str:
 
 def cache_file(processed: Path, cfg: SASRecConfig, threads: int, cache: Path) -> Path:
     """Where SASRec's result for this data, setting and thread count is kept."""
+    # bools as numbers: `hold_out_last` true and 1 (params.yaml's two spellings) are one setting
+    setting = {k: int(v) if isinstance(v, bool) else v for k, v in asdict(cfg).items()}
     key = {
         "data": data_fingerprint(processed),
-        "sasrec": asdict(cfg),
+        "sasrec": setting,
         "threads": threads,
         "torch": torch.__version__,
     }

@@ -270,11 +270,14 @@ class TrainConfig(Strict):
         "this weight against a label token's 1; decoding still generates identifiers; 0 = off "
         "(0.3: chosen on validation, 5 paired seeds)",
     )
-    hold_out_last: bool = Field(
+    hold_out_last: int = Field(
         True,
+        ge=0,
         description="each user's last training item is not trained on (no target, no "
         "context): it stays the newest item of validation's history, which the model then "
-        "never saw in that user's context, as test's newest item is (bench/split_distance.py)",
+        "never saw in that user's context, as test's newest item is (bench/split_distance.py); "
+        "false/0: trained on; a number n: the last n training items held out (2: validation's "
+        "two newest history items are as new to the model as test's two are)",
     )
     seed: int = 42
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch default")

@@ -45,7 +45,7 @@ class SASRecConfig:
     exclude_seen: bool = True
     # each user's last training item neither target nor context (the pipeline's
     # train.hold_out_last): validation's newest history item is then new, as test's is
-    hold_out_last: bool = False
+    hold_out_last: int = 0  # True/1: the last training item; n: the last n
     seed: int = 42
 
 

@@ -99,11 +99,13 @@ class Dataset:
     def item_texts(self) -> list[str]:
         return self.items.get_column("text").to_list()
 
-    def train_sequences(self, hold_out_last: bool = False) -> list[np.ndarray]:
+    def train_sequences(self, hold_out_last: int = 0) -> list[np.ndarray]:
         """Each user's sequence without its validation and test targets; with `hold_out_last`
-        (train.hold_out_last) without its last training item too, which then only validation's
-        history holds (a user may be left with no item)."""
-        cut = 3 if hold_out_last else 2
+        (train.hold_out_last: true or a number n) without its last training item (its last n)
+        too, which then only validation's history holds (a user may be left with no item)."""
+        if hold_out_last < 0:
+            raise ValueError(f"hold_out_last must be 0 or more, not {hold_out_last}")
+        cut = 2 + int(hold_out_last)
         return [seq[: max(len(seq) - cut, 0)] for seq in self.sequences]
 
     def eval_split(self, split: Literal["valid", "test"]) -> EvalSplit:

@@ -385,6 +385,12 @@ def test_hold_out_last_trains_without_each_users_last_training_item() -> None:
     assert held.train_epoch()["loss"] > 0
     valid = held.dataset.eval_split("valid")
     assert valid.histories[-2].tolist() == [0, 1, 2]  # evaluation still sees the held-out item
+    # a number holds out that many: validation's two newest items are new, as test's two are
+    two = _session(codes, hold_out_last=2)
+    assert [s.tolist() for s in two.train_sequences] == [s[:-2].tolist() for s in train]
+    assert 0 < targets(two) < targets(held)
+    assert two.seqrec_loss().counts.sum() == 2 * targets(two)  # its windows hold only those
+    assert two.dataset.eval_split("valid").histories[-2].tolist() == [0, 1, 2]
 
 
 def test_seqrec_windows_are_the_rows_of_seqrec_examples() -> None:
