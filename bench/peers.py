@@ -53,7 +53,7 @@ sys.path[0] = str(BENCH.parent)
 sys.path.insert(1, str(BENCH))
 
 import torch  # noqa: E402
-from siit_vs_static import _mean_sd, t_interval  # noqa: E402
+from siit_vs_static import _mean_sd, average, t_interval  # noqa: E402
 
 from components.baselines.sasrec import SASRecConfig, recommend_sasrec, train_sasrec  # noqa: E402
 from components.config import load_params  # noqa: E402
@@ -157,13 +157,13 @@ def sasrec_row(dataset: Dataset, cfg: SASRecConfig, on_epoch=None) -> dict:
         file=sys.stderr,
         flush=True,
     )
+    splits = {s: dataset.eval_split(s) for s in SPLITS}
     return {
         **{
             s: evaluate_ranking(
-                recommend_sasrec(run.model, dataset.eval_split(s), cfg.top_k, cfg.exclude_seen),
-                dataset.eval_split(s),
+                recommend_sasrec(run.model, split, cfg.top_k, cfg.exclude_seen), split
             )
-            for s in SPLITS
+            for s, split in splits.items()
         },
         "seconds": run.train_seconds,
         "selected": f"epoch {run.best_epoch} of {len(run.epochs)}",
@@ -180,11 +180,9 @@ def data_fingerprint(processed: Path) -> str:
 
 def cache_file(processed: Path, cfg: SASRecConfig, threads: int, cache: Path) -> Path:
     """Where SASRec's result for this data, setting and thread count is kept."""
-    # bools as numbers: `hold_out_last` true and 1 (params.yaml's two spellings) are one setting
-    setting = {k: int(v) if isinstance(v, bool) else v for k, v in asdict(cfg).items()}
     key = {
         "data": data_fingerprint(processed),
-        "sasrec": setting,
+        "sasrec": asdict(cfg),
         "threads": threads,
         "torch": torch.__version__,
     }
@@ -220,7 +218,7 @@ def seed_rows(
 
 
 def with_average(split: dict[str, float]) -> dict[str, float]:
-    return {**split, AVERAGE: statistics.fmean(split[m] for m in METRIC_NAMES)}
+    return {**split, AVERAGE: average(split)}
 
 
 def seeds_tables(per_seed: dict[str, dict[int, dict]], seeds: list[int]) -> str:
@@ -327,9 +325,10 @@ def main() -> None:
         hold_out_last=params.train.hold_out_last,  # as the generative models train
     )
     popularity = dataset.popularity()
+    splits = {s: dataset.eval_split(s) for s in SPLITS}
     pop_row = {
         s: evaluate_ranking(recommend_popular(popularity, split, top_k, exclude), split)
-        for s, split in ((s, dataset.eval_split(s)) for s in SPLITS)
+        for s, split in splits.items()
     }
     if args.seeds:
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)

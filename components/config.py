@@ -271,7 +271,7 @@ class TrainConfig(Strict):
         "(0.3: chosen on validation, 5 paired seeds)",
     )
     hold_out_last: int = Field(
-        True,
+        1,
         ge=0,
         description="each user's last training item is not trained on (no target, no "
         "context): it stays the newest item of validation's history, which the model then "
