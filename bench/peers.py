@@ -21,7 +21,8 @@ spans 0.099-0.120 over seeds 1-5):
 With --seeds, SASRec trains once per seed (`--jobs` at once, the cores split between them) and
 the tables are the per-seed figures and their mean ± standard deviation. Each seed's result is
 kept in bench/.runs/peers/ under a key of the dataset's bytes, SASRec's settings, the torch
-threads and version (what its result depends on), so a repeated command trains nothing.
+threads and version and the CPU (what its result depends on: one seed is exact run to
+run on one machine, not across machines), so a repeated command trains nothing.
 --against names bench groups (`<tag>-<model>`, the run folders bench/.runs/<tag>-s<seed>-<model>/
 that siit_vs_static.py leaves; --runs for another folder): each is paired with SASRec of the
 same seed, with the mean of its per-seed ratio to SASRec and the 95% confidence interval
@@ -178,13 +179,34 @@ def data_fingerprint(processed: Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_identity() -> str:
+    """The CPU's vendor, family, model and name (Linux's /proc/cpuinfo; else what `platform`
+    knows): one seed's result is exact run to run on one machine but not across machines,
+    whose math libraries take other instruction paths (NDCG@10 ~9% apart on two CPUs)."""
+    fields = ("vendor_id", "cpu family", "model", "model name")
+    found: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in fields and name.strip() not in found:
+                found[name.strip()] = value.strip()
+            if len(found) == len(fields) or not line.strip():
+                break
+    except OSError:
+        pass
+    if found:
+        return " / ".join(found.get(f, "?") for f in fields)
+    return f"{platform.machine()} / {platform.processor()}"
+
+
 def cache_file(processed: Path, cfg: SASRecConfig, threads: int, cache: Path) -> Path:
-    """Where SASRec's result for this data, setting and thread count is kept."""
+    """Where SASRec's result for this data, setting, thread count and machine is kept."""
     key = {
         "data": data_fingerprint(processed),
         "sasrec": asdict(cfg),
         "threads": threads,
         "torch": torch.__version__,
+        "cpu": cpu_identity(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache / f"sasrec-s{cfg.seed}-{digest}.json"

@@ -95,6 +95,11 @@ def test_sasrec_over_seeds_is_kept_per_seed_and_paired_with_bench_runs(
     # another setting is another entry
     with pytest.raises(AssertionError, match="trained again"):
         _run(peers, monkeypatch, capsys, *args, "--patience", "3")
+    # and so is another CPU: one seed's result is exact on one machine, not across machines
+    assert "/" in peers.cpu_identity()
+    monkeypatch.setattr(peers, "cpu_identity", lambda: "another vendor / 1 / 2 / another CPU")
+    with pytest.raises(AssertionError, match="trained again"):
+        _run(peers, monkeypatch, capsys, *args)
 
 
 def test_against_needs_seeds_and_finished_runs(
