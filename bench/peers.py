@@ -54,6 +54,7 @@ sys.path[0] = str(BENCH.parent)
 sys.path.insert(1, str(BENCH))
 
 import torch  # noqa: E402
+from runner import cpu_identity  # noqa: E402
 from siit_vs_static import _mean_sd, average, t_interval  # noqa: E402
 
 from components.baselines.sasrec import SASRecConfig, recommend_sasrec, train_sasrec  # noqa: E402
@@ -177,26 +178,6 @@ def data_fingerprint(processed: Path) -> str:
     for path in sorted(p for p in Path(processed).iterdir() if p.is_file()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
-
-
-def cpu_identity() -> str:
-    """The CPU's vendor, family, model and name (Linux's /proc/cpuinfo; else what `platform`
-    knows): one seed's result is exact run to run on one machine but not across machines,
-    whose math libraries take other instruction paths (NDCG@10 ~9% apart on two CPUs)."""
-    fields = ("vendor_id", "cpu family", "model", "model name")
-    found: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() in fields and name.strip() not in found:
-                found[name.strip()] = value.strip()
-            if len(found) == len(fields) or not line.strip():
-                break
-    except OSError:
-        pass
-    if found:
-        return " / ".join(found.get(f, "?") for f in fields)
-    return f"{platform.machine()} / {platform.processor()}"
 
 
 def cache_file(processed: Path, cfg: SASRecConfig, threads: int, cache: Path) -> Path:

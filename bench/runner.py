@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -23,6 +24,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUNS = ROOT / "bench" / ".runs"
+
+
+def cpu_identity() -> str:
+    """The CPU's vendor, family, model and name (Linux's /proc/cpuinfo; else what `platform`
+    knows): one seed's result is exact run to run on one machine but not across machines,
+    whose math libraries take other instruction paths (NDCG@10 ~9% apart on two CPUs)."""
+    fields = ("vendor_id", "cpu family", "model", "model name")
+    found: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in fields and name.strip() not in found:
+                found[name.strip()] = value.strip()
+            if len(found) == len(fields) or not line.strip():
+                break
+    except OSError:
+        pass
+    if found:
+        return " / ".join(found.get(f, "?") for f in fields)
+    return f"{platform.machine()} / {platform.processor()}"
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -81,8 +102,8 @@ def run_config(
     """Run `stages` for one configuration; returns the reports it produced and the wall times.
 
     reuse: when the folder already holds a finished run of these stages with the very same
-    params.yaml, return its reports instead of training again (e.g. the static model shared
-    by several SIIT settings of one seed)."""
+    params.yaml, made on this kind of CPU (`cpu_identity`), return its reports instead of
+    training again (e.g. the static model shared by several SIIT settings of one seed)."""
     work = RUNS / name
     (work / "data").mkdir(parents=True, exist_ok=True)
     for sub in ("processed", "embeddings"):
@@ -94,10 +115,19 @@ def run_config(
     text = yaml.safe_dump(params, sort_keys=False)
     params_file = work / "params.yaml"
     done = work / f".done-{'-'.join(stages)}"
-    if reuse and done.exists() and params_file.exists() and params_file.read_text() == text:
+    machine = work / ".machine"  # the CPU the folder's runs were made on
+    if (
+        reuse
+        and done.exists()
+        and params_file.exists()
+        and params_file.read_text() == text
+        and machine.exists()
+        and machine.read_text() == cpu_identity()
+    ):
         return _reports(work, json.loads(done.read_text()))
     done.unlink(missing_ok=True)
     params_file.write_text(text)
+    machine.write_text(cpu_identity())
     full_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     seconds = {}
     for stage in stages:

@@ -63,3 +63,38 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period() -> None
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
+
+
+def test_a_finished_run_is_reused_only_with_the_same_params_on_the_same_cpu(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """run_config(reuse=True) returns a finished run's reports without running its stages
+    again, unless params.yaml or the CPU differ: one seed's result is exact on one machine,
+    not across machines."""
+    runner = _runner()
+    root, calls = tmp_path / "project", tmp_path / "calls.txt"
+    root.mkdir()
+    (root / "params.yaml").write_text("train:\n  seed: 1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    siit = bin_dir / "siit"  # a stand-in for the console script: records each stage it ran
+    siit.write_text(f'#!/bin/sh\necho "$1" >> {calls}\n')
+    siit.chmod(0o755)
+    monkeypatch.setattr(runner, "ROOT", root)
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(runner, "BIN", bin_dir)
+
+    def ran() -> int:
+        return len(calls.read_text().split()) if calls.exists() else 0
+
+    first = runner.run_config("t-s1-static", {}, ["train_static"], {}, reuse=True)
+    assert ran() == 1 and set(first["seconds"]) == {"train_static"}
+    assert runner.run_config("t-s1-static", {}, ["train_static"], {}, reuse=True) == first
+    assert ran() == 1  # reused
+    runner.run_config("t-s1-static", {"train": {"seed": 2}}, ["train_static"], {}, reuse=True)
+    assert ran() == 2  # other params: run again
+    monkeypatch.setattr(runner, "cpu_identity", lambda: "another vendor / 1 / 2 / another CPU")
+    runner.run_config("t-s1-static", {"train": {"seed": 2}}, ["train_static"], {}, reuse=True)
+    assert ran() == 3  # another CPU: run again
+    runner.run_config("t-s1-static", {"train": {"seed": 2}}, ["train_static"], {}, reuse=True)
+    assert ran() == 3  # and now reused there
