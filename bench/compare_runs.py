@@ -45,6 +45,22 @@ def load_group(
     return kinds.pop(), runs
 
 
+def same_machine(groups: list[dict[int, dict]], seeds: list[int]) -> None:
+    """Refuse to pair runs of one seed made on different CPUs (the `.machine` that
+    runner.run_config leaves in each run folder): one seed is exact run to run on one machine,
+    but NDCG@10 moves by several percent across machines, so such a pairing measures the
+    machines. Folders from before `.machine` existed are not checked."""
+    for seed in seeds:
+        made: dict[str, list[str]] = {}
+        for runs in groups:
+            machine = Path(runs[seed]["work"]) / ".machine"
+            if machine.exists():
+                made.setdefault(machine.read_text(), []).append(Path(runs[seed]["work"]).name)
+        if len(made) > 1:
+            detail = "; ".join(f"{', '.join(f)} on {cpu}" for cpu, f in made.items())
+            raise SystemExit(f"seed {seed}: runs made on different CPUs cannot be paired: {detail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,6 +73,7 @@ def main() -> None:
     if len(set(args.groups)) != len(args.groups):
         parser.error("a group is named twice")
     loaded = [load_group(g, args.seeds) for g in args.groups]
+    same_machine([runs for _, runs in loaded], args.seeds)
     names = ["static", *args.groups[1:]]  # print_tables calls its baseline "static"
     kinds = {name: kind for name, (kind, _) in zip(names, loaded, strict=True)}
     results = {

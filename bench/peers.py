@@ -287,6 +287,13 @@ def against_rows(groups: list[str], seeds: list[int], runs_dir: Path | None) -> 
     out = {}
     for group in groups:
         kind, runs = load_group(group, seeds, runs_dir)
+        for seed in seeds:  # SASRec trains here: a run made on another CPU is not its pair
+            machine = Path(runs[seed]["work"]) / ".machine"
+            if machine.exists() and machine.read_text() != cpu_identity():
+                raise SystemExit(
+                    f"{runs[seed]['work']}: made on {machine.read_text()}, not on this CPU "
+                    f"({cpu_identity()}); SASRec would be paired with another machine's run"
+                )
         out[group] = {s: {sp: runs[s][kind][sp] for sp in SPLITS} for s in seeds}
     return out
 

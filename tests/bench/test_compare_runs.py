@@ -48,3 +48,19 @@ def test_missing_or_malformed_groups_say_which(compare, tmp_path, monkeypatch) -
     with pytest.raises(SystemExit, match="<tag>-<model>"):
         compare.load_group("siit", [1])
     assert compare.load_group("a-siit", [1])[0] == "siit"
+
+
+def test_runs_of_one_seed_from_two_cpus_are_not_paired(compare, tmp_path, monkeypatch) -> None:
+    for seed in (1, 2):
+        _write(tmp_path, f"a-s{seed}-static", "static", _report(0.2, 0.2, 0.1))
+        _write(tmp_path, f"b-s{seed}-static", "static", _report(0.3, 0.3, 0.1))
+        (tmp_path / f"a-s{seed}-static" / ".machine").write_text("vendor / 6 / 167 / cpu A")
+        (tmp_path / f"b-s{seed}-static" / ".machine").write_text("vendor / 6 / 167 / cpu A")
+    argv = ["compare_runs.py", "a-static", "b-static", "--seeds", "1", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    compare.main()  # one machine: paired
+    (tmp_path / "b-s2-static" / ".machine").write_text("vendor / 25 / 1 / cpu B")
+    with pytest.raises(
+        SystemExit, match=r"seed 2: .*a-s2-static on .*cpu A; b-s2-static on .*cpu B"
+    ):
+        compare.main()

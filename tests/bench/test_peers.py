@@ -120,4 +120,9 @@ def test_against_needs_seeds_and_finished_runs(
     ]
     with pytest.raises(SystemExit, match="no finished run"):
         _run(peers, monkeypatch, capsys, *args)
+    # a finished run made on another CPU is not SASRec's pair here
+    _write(tmp_path, "t-s1-static", "static", _report(0.2, 0.2, 0.1))
+    (tmp_path / "t-s1-static" / ".machine").write_text("another vendor / 1 / 2 / another CPU")
+    with pytest.raises(SystemExit, match="t-s1-static: made on another vendor .* not on this CPU"):
+        _run(peers, monkeypatch, capsys, *args)
     assert not (tmp_path / "cache").exists()  # checked before any training
