@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner import RUNS  # noqa: E402
+from runner import RUNS, made_on  # noqa: E402
 from siit_vs_static import print_tables  # noqa: E402
 
 
@@ -53,9 +53,9 @@ def same_machine(groups: list[dict[int, dict]], seeds: list[int]) -> None:
     for seed in seeds:
         made: dict[str, list[str]] = {}
         for runs in groups:
-            machine = Path(runs[seed]["work"]) / ".machine"
-            if machine.exists():
-                made.setdefault(machine.read_text(), []).append(Path(runs[seed]["work"]).name)
+            cpu = made_on(runs[seed]["work"])
+            if cpu is not None:
+                made.setdefault(cpu, []).append(Path(runs[seed]["work"]).name)
         if len(made) > 1:
             detail = "; ".join(f"{', '.join(f)} on {cpu}" for cpu, f in made.items())
             raise SystemExit(f"seed {seed}: runs made on different CPUs cannot be paired: {detail}")

@@ -54,7 +54,7 @@ sys.path[0] = str(BENCH.parent)
 sys.path.insert(1, str(BENCH))
 
 import torch  # noqa: E402
-from runner import cpu_identity  # noqa: E402
+from runner import cpu_identity, made_on  # noqa: E402
 from siit_vs_static import _mean_sd, average, t_interval  # noqa: E402
 
 from components.baselines.sasrec import SASRecConfig, recommend_sasrec, train_sasrec  # noqa: E402
@@ -288,10 +288,10 @@ def against_rows(groups: list[str], seeds: list[int], runs_dir: Path | None) -> 
     for group in groups:
         kind, runs = load_group(group, seeds, runs_dir)
         for seed in seeds:  # SASRec trains here: a run made on another CPU is not its pair
-            machine = Path(runs[seed]["work"]) / ".machine"
-            if machine.exists() and machine.read_text() != cpu_identity():
+            cpu = made_on(runs[seed]["work"])
+            if cpu is not None and cpu != cpu_identity():
                 raise SystemExit(
-                    f"{runs[seed]['work']}: made on {machine.read_text()}, not on this CPU "
+                    f"{runs[seed]['work']}: made on {cpu}, not on this CPU "
                     f"({cpu_identity()}); SASRec would be paired with another machine's run"
                 )
         out[group] = {s: {sp: runs[s][kind][sp] for sp in SPLITS} for s in seeds}

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -24,8 +25,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUNS = ROOT / "bench" / ".runs"
+MACHINE = ".machine"  # in a run folder: the CPU its runs were made on
 
 
+@cache
 def cpu_identity() -> str:
     """The CPU's vendor, family, model and name (Linux's /proc/cpuinfo; else what `platform`
     knows): one seed's result is exact run to run on one machine but not across machines,
@@ -44,6 +47,13 @@ def cpu_identity() -> str:
     if found:
         return " / ".join(found.get(f, "?") for f in fields)
     return f"{platform.machine()} / {platform.processor()}"
+
+
+def made_on(work: Path | str) -> str | None:
+    """The CPU a run folder's runs were made on (`cpu_identity` when `run_config` ran them);
+    None for a folder from before it was recorded."""
+    machine = Path(work) / MACHINE
+    return machine.read_text() if machine.exists() else None
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -115,19 +125,17 @@ def run_config(
     text = yaml.safe_dump(params, sort_keys=False)
     params_file = work / "params.yaml"
     done = work / f".done-{'-'.join(stages)}"
-    machine = work / ".machine"  # the CPU the folder's runs were made on
     if (
         reuse
         and done.exists()
         and params_file.exists()
         and params_file.read_text() == text
-        and machine.exists()
-        and machine.read_text() == cpu_identity()
+        and made_on(work) == cpu_identity()
     ):
         return _reports(work, json.loads(done.read_text()))
     done.unlink(missing_ok=True)
     params_file.write_text(text)
-    machine.write_text(cpu_identity())
+    (work / MACHINE).write_text(cpu_identity())
     full_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     seconds = {}
     for stage in stages:
