@@ -1,6 +1,6 @@
 """How a model's lead changes with the target's distance from its training (a diagnostic).
 
-Validation and test disagree on which setting is better (README, "Validation favours the
+Validation and test disagree on which setting is better (docs/experiments.md, "Validation favours the
 default; test favours whatever challenges it"). Leave-one-out puts each user's validation
 target one step after the last item the models trained on, and the test target two steps
 after. If a setting's lead comes from fitting each user's most recent training items closely,

@@ -268,7 +268,7 @@ class TrainConfig(Strict):
         "next-item cross-entropy over the item rows (SASRec's objective, on the position that "
         "predicts the item's first code; the rows are the items' tied input embeddings), with "
         "this weight against a label token's 1; decoding still generates identifiers; 0 = off "
-        "(1.0: chosen on validation under two held out, 8 paired seeds, README step 24)",
+        "(1.0: chosen on validation under two held out, 8 paired seeds, docs/experiments.md step 24)",
     )
     hold_out_last: int = Field(
         2,
