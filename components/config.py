@@ -383,6 +383,14 @@ class SiitConfig(Strict):
         "drawn with train.seed) whose seqrec loss is scored with the old and the refined map; "
         "0 = every window",
     )
+    retrain: bool = Field(
+        False,
+        description="train-refine-retrain: the co-trained rounds are a probe that makes the "
+        "map; after them a fresh model (static's start: same seed and initialisation) trains "
+        "on the final map for the whole budget, validated as static is, and the model kept is "
+        "that model's best epoch. Twice the training compute. Scratch starts only (a champion "
+        "start keeps its warm model); false = the co-trained model is the SIIT model",
+    )
 
 
 class EvaluateConfig(Strict):

@@ -94,8 +94,8 @@ def plots_task(paths: Paths) -> list[Path]:
         ax = figure.subplots()
         for model in models:
             frame = frames[model].drop_nulls(column) if column in frames[model].columns else None
-            if frame is not None and frame.height:
-                ax.plot(frame["round"], frame[column], marker="o", label=model)
+            for label, rows in _series(model, frame):
+                ax.plot(rows["round"], rows[column], marker="o", label=label)
         ax.set_xlabel("round")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
@@ -104,6 +104,20 @@ def plots_task(paths: Paths) -> list[Path]:
         written.append(path)
     code_usage = paths.reports / "code_usage.png"
     return [*written, *([code_usage] if code_usage.exists() else [])]
+
+
+def _series(model: str, frame: pl.DataFrame | None) -> list[tuple[str, pl.DataFrame]]:
+    """A model's rows to plot; with siit.retrain (a `phase` column) the probe and the fresh
+    model as two lines, the fresh model's rounds counted from 0 like static's."""
+    if frame is None or not frame.height:
+        return []
+    if "phase" not in frame.columns:
+        return [(model, frame)]
+    probe = frame.filter(pl.col("phase") == "probe")
+    fresh = frame.filter(pl.col("phase") == "retrain")
+    fresh = fresh.with_columns(pl.col("round") - pl.col("round").min())
+    series = [(f"{model} (probe)", probe), (f"{model} (retrained)", fresh)]
+    return [(label, rows) for label, rows in series if rows.height]
 
 
 @task(name="attach-plots", cache_policy=NO_CACHE)

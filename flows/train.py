@@ -2,7 +2,9 @@
 
 Both train the same epoch budget from the same seed and map; they differ only in the
 refinement after each round. Each round is a set of Prefect tasks and a nested MLflow run;
-a checkpoint after every round lets a killed run resume where it stopped.
+a checkpoint after every round lets a killed run resume where it stopped. With
+`siit.retrain` the SIIT model's co-trained rounds are a probe that makes the map, and a fresh
+model then trains on the final map in static's rounds (train-refine-retrain).
 
 Under `torchrun` every rank trains the same steps (DDP); rank 0 alone validates, refines,
 checkpoints, logs to MLflow and writes the outputs, and hands its map to the others after
@@ -258,6 +260,11 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
             logger.warning("train.start is champion; starting from scratch: %s", start["fallback"])
     validate_token_map(initial, dataset.item_ids(), str(map_path))
     train_cfg, round_epochs = training_config(params, start)
+    probe_rounds = len(round_epochs)
+    if mode == "siit" and params.siit.retrain and start["start"] == "champion":
+        logger.info("siit.retrain: a champion start keeps its warm model; no retraining")
+    retrain = mode == "siit" and params.siit.retrain and start["start"] != "champion"
+    schedule = round_epochs * 2 if retrain else round_epochs  # the retrain: static's rounds
 
     relevant = params.model_dump(include={"data", "tokenize", "model", "train", "siit", "evaluate"})
     inputs = [paths.processed, paths.initial_token_map]
@@ -278,6 +285,16 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     session = build_session_task(
         dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg, features
     )
+
+    def fresh_session(codes: np.ndarray, map_round: int) -> TrainingSession:
+        """siit.retrain: static's start (seed, initialisation, schedule) on the final map."""
+        final = initial.with_codes(codes, round=map_round)
+        texts_needed = params.model.rows_from_text or params.model.codes_from_text
+        feats = embed_task(dataset, params, paths) if texts_needed else None
+        fresh = build_session_task(dataset, final, params, ckpt, None, None, train_cfg, feats)
+        fresh.on_step = lambda: _follow_share(share)
+        return fresh
+
     share = ThreadShare.from_env()  # the `train` stage hands over the other model's threads
     if os.environ.get(SHARE_ENV) and share.path is None:
         logger.info(
@@ -291,7 +308,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     maps = ckpt.maps() if state else {"round_000.parquet": _map_bytes(initial)}
     state = state or RunState(fingerprint=fingerprint, parts=parts)
     if not main:
-        _follow_rounds(session, state, round_epochs)
+        _follow_rounds(session, state, schedule, probe_rounds, fresh_session)
         return str(paths.model_dir(mode))
     if distributed.world_size() > 1:
         logger.info("data-parallel over %d processes; rank 0 logs", distributed.world_size())
@@ -314,10 +331,13 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
             tracking.log_params(relevant)
             if warm is not None:
                 tracking.log_metrics(scalars(warm.stats), prefix="warm_start/")
-        for r in range(state.next_round, len(round_epochs)):
+        for r in range(state.next_round, len(schedule)):
+            if r == probe_rounds:  # siit.retrain: the probe's map, a fresh model
+                state = _start_retrain(state, maps, logger)
+                session = fresh_session(session.codes, state.retrain_map)
             # explicit hand-back: Prefect may rebuild collection arguments of a task
             state, maps = round_task(
-                mode, r, round_epochs, session, params, state, ckpt, maps, initial
+                mode, r, schedule, probe_rounds, session, params, state, ckpt, maps, initial
             )
             distributed.broadcast_object(session.codes)  # the other ranks' map (torchrun)
         _follow_share(share)
@@ -346,13 +366,35 @@ def _follow_share(share: ThreadShare) -> None:
         get_run_logger().info("the other model finished: now on %d CPU threads", threads)
 
 
-def _follow_rounds(session: TrainingSession, state: RunState, round_epochs: list[int]) -> None:
+def _follow_rounds(
+    session: TrainingSession,
+    state: RunState,
+    schedule: list[int],
+    probe_rounds: int,
+    fresh_session,
+) -> None:
     """A rank other than 0 under torchrun: the same training steps as rank 0 (DDP keeps the
-    weights equal), then rank 0's map after every round."""
-    for r in range(state.next_round, len(round_epochs)):
-        for _ in range(round_epochs[r]):
+    weights equal), then rank 0's map after every round; with siit.retrain the same fresh
+    model on the final map as rank 0 (same seed) after the probe's rounds."""
+    for r in range(state.next_round, len(schedule)):
+        if r == probe_rounds:
+            session = fresh_session(session.codes, -1)
+        for _ in range(schedule[r]):
             train_epoch_task(session)
         session.set_codes(distributed.broadcast_object(None))
+
+
+def _start_retrain(state: RunState, maps: dict[str, bytes], logger) -> RunState:
+    """The probe's rounds are done: the best model is chosen anew among the fresh model's
+    epochs (the probe's validations stay in the history, not among the candidates)."""
+    state.retrain_map = len(maps) - 1  # round_000 is the initial map
+    state.best_round, state.best_epoch, state.best_score = -1, -1, -1.0
+    state.valid_ranks = []
+    logger.info(
+        "siit.retrain: a fresh model trains on the probe's final map (round %d)",
+        state.retrain_map,
+    )
+    return state
 
 
 def start_tags(start: dict) -> dict[str, str]:
@@ -386,7 +428,8 @@ def scalars_of(start: dict) -> dict:
 def round_task(
     mode: Mode,
     r: int,
-    round_epochs: list[int],
+    schedule: list[int],
+    probe_rounds: int,
     session: TrainingSession,
     params: Params,
     state: RunState,
@@ -395,20 +438,25 @@ def round_task(
     initial: TokenMap,
 ) -> tuple[RunState, dict[str, bytes]]:
     """One round: train (validating every epoch, the best model and map kept), refine (SIIT) and
-    measure the refinement's immediate effect, checkpoint; a nested MLflow run."""
+    measure the refinement's immediate effect, checkpoint; a nested MLflow run. `schedule`:
+    every round's epochs; the rounds from `probe_rounds` on (siit.retrain) train the fresh
+    model on the final map and refine nothing."""
     logger = get_run_logger()
-    last = r == len(round_epochs) - 1
-    refines = mode == "siit" and not last and not state.converged
+    retraining = r >= probe_rounds
+    refines = mode == "siit" and r < probe_rounds - 1 and not state.converged
     # siit.text_holdout: this round's fold trains without item2id until it may move
     session.item2id_holdout = (
         text_holdout(session.dataset.n_items, params.siit.text_holdout, r, params.train.seed)
         if refines
         else None
     )
-    with tracking.start_run(
-        params.tracking, f"{mode}-round-{r}", nested=True, tags={"round": str(r)}
-    ):
-        row, best = _train_round(session, r, round_epochs[r], state, params, logger)
+    name = f"{mode}-retrain-round-{r - probe_rounds}" if retraining else f"{mode}-round-{r}"
+    tags = {"round": str(r), **({"phase": "retrain"} if retraining else {})}
+    with tracking.start_run(params.tracking, name, nested=True, tags=tags):
+        map_round = state.retrain_map if retraining else r
+        row, best = _train_round(session, r, schedule[r], state, params, logger, map_round)
+        if len(schedule) > probe_rounds:  # siit.retrain: which model each row is
+            row["phase"] = "retrain" if retraining else "probe"
         if refines:
             loss_old = seqrec_loss_task(session, params.siit.effect_windows)
             session.step()
@@ -476,11 +524,17 @@ def _improves(state: RunState, valid: dict[str, float]) -> bool:
 
 
 def _train_round(
-    session: TrainingSession, r: int, epochs: int, state: RunState, params: Params, logger
+    session: TrainingSession,
+    r: int,
+    epochs: int,
+    state: RunState,
+    params: Params,
+    logger,
+    map_round: int,
 ) -> tuple[dict, tuple | None]:
     """Train the round's epochs; validate after each (or after the last only, when
     `evaluate.every_epoch` is off); return the round's row and the best (model, codes) if this
-    round improved on the run's best."""
+    round improved on the run's best. `map_round`: the round of the map in use."""
     losses, seconds, best = [], 0.0, None
     for e in range(epochs):
         stats = train_epoch_task(session)
@@ -495,7 +549,7 @@ def _train_round(
         if params.evaluate.every_epoch or e == epochs - 1:
             valid, ranked = evaluate_task(session, "valid")
             tracking.log_metrics(valid, step=step, prefix="valid/")
-            _record_ranks(state, session, ranked, r)
+            _record_ranks(state, session, ranked, map_round)
             if _improves(state, valid):
                 state.best_round, state.best_epoch = r, step
                 state.best_score = valid["ndcg@10"]
@@ -508,6 +562,7 @@ def _train_round(
 def _flat_row(r: int, row: dict) -> dict:
     out = {
         "round": r,
+        **({"phase": row["phase"]} if "phase" in row else {}),
         "epoch": row["epoch"],
         "loss": row["loss"],
         "seconds": row["seconds"],
@@ -553,7 +608,8 @@ def _finish(
     test, ranked = evaluate_model(rec, dataset, best_codes, params.evaluate, "test")
     with atomic_dir(paths.model_dir(mode)) as tmp:
         shutil.copytree(best_model, tmp / "model")
-        initial.with_codes(best_codes, round=state.best_round, selected=True).save(
+        map_round = state.retrain_map if state.retrain_map >= 0 else state.best_round
+        initial.with_codes(best_codes, round=map_round, selected=True).save(
             tmp / "token_map.parquet"
         )
         _write_model_extras(tmp, params, paths, start, encoder_dir)
@@ -571,6 +627,8 @@ def _finish(
         "test": test,
         "best_round": state.best_round,
         "best_epoch": state.best_epoch,
+        # siit.retrain: the map the fresh model trained on (-1: no retraining)
+        "retrain_map_round": state.retrain_map,
         "rounds": state.history,
         "train_seconds": sum(h["seconds"] for h in state.history),
         "start": scalars_of(start),

@@ -37,6 +37,8 @@ class RunState:
     # every candidate the best model was chosen from, in order: {epoch, map_round, ranks},
     # ranks the per-user validation target ranks (1-based, 0 = not in the top-k)
     valid_ranks: list[dict] = field(default_factory=list)
+    # siit.retrain: the round of the map the fresh model trains on, once its training started
+    retrain_map: int = -1
 
 
 class RunCheckpoint:
