@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import flows_in
 from tests.flows.conftest import copy_prepared
 from tests.flows.test_pipeline_dvc import TINY_PARAMS, _merge
+from tests.flows.test_resume import copy_inputs
 
 PARAMS = _merge(
     TINY_PARAMS,
@@ -33,11 +34,6 @@ def prepared(
 ) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("retrain") / "project"
     return root, copy_prepared(tiny_prepared, root, {**os.environ, **prefect_env}, PARAMS)
-
-
-def _copy(src: Path, dst: Path, env: dict[str, str]) -> dict[str, str]:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "mlruns"))
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}"}
 
 
 def _train(root: Path, env: dict[str, str], mode: str = "siit") -> dict:
@@ -59,7 +55,7 @@ def _comparable(report: dict) -> dict:
 def straight(prepared: tuple[Path, dict[str, str]], tmp_path_factory) -> tuple[Path, dict]:
     root, env = prepared
     out = tmp_path_factory.mktemp("retrain-straight") / "project"
-    env = _copy(root, out, env)
+    env = copy_inputs(root, out, env)
     return out, _train(out, env)
 
 
@@ -88,7 +84,7 @@ def test_the_fresh_model_is_static_on_the_final_map(
 
     # static from scratch on that map, same seed and budget: the same model to the last digit
     static = tmp_path / "static"
-    static_env = _copy(root, static, env)
+    static_env = copy_inputs(root, static, env)
     shutil.copy(
         out / "artifacts/token_maps/round_002.parquet",
         static / "artifacts/tokenize/token_map.parquet",
@@ -115,7 +111,7 @@ def test_an_interrupted_retraining_resumes_to_the_same_result(
 
     root, env = prepared
     out = tmp_path / "stopped"
-    env = _copy(root, out, env)
+    env = copy_inputs(root, out, env)
     state_file = out / "artifacts/checkpoints/siit/state.json"
     real = train_module.round_task
 
