@@ -261,9 +261,10 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     validate_token_map(initial, dataset.item_ids(), str(map_path))
     train_cfg, round_epochs = training_config(params, start)
     probe_rounds = len(round_epochs)
-    if mode == "siit" and params.siit.retrain and start["start"] == "champion":
+    retrain = mode == "siit" and params.siit.retrain
+    if retrain and start["start"] == "champion":
         logger.info("siit.retrain: a champion start keeps its warm model; no retraining")
-    retrain = mode == "siit" and params.siit.retrain and start["start"] != "champion"
+        retrain = False
     schedule = round_epochs * 2 if retrain else round_epochs  # the retrain: static's rounds
 
     relevant = params.model_dump(include={"data", "tokenize", "model", "train", "siit", "evaluate"})
@@ -286,9 +287,9 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg, features
     )
 
-    def fresh_session(codes: np.ndarray, map_round: int) -> TrainingSession:
+    def fresh_session(codes: np.ndarray) -> TrainingSession:
         """siit.retrain: static's start (seed, initialisation, schedule) on the final map."""
-        final = initial.with_codes(codes, round=map_round)
+        final = initial.with_codes(codes)
         texts_needed = params.model.rows_from_text or params.model.codes_from_text
         feats = embed_task(dataset, params, paths) if texts_needed else None
         fresh = build_session_task(dataset, final, params, ckpt, None, None, train_cfg, feats)
@@ -334,7 +335,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         for r in range(state.next_round, len(schedule)):
             if r == probe_rounds:  # siit.retrain: the probe's map, a fresh model
                 state = _start_retrain(state, maps, logger)
-                session = fresh_session(session.codes, state.retrain_map)
+                session = fresh_session(session.codes)
             # explicit hand-back: Prefect may rebuild collection arguments of a task
             state, maps = round_task(
                 mode, r, schedule, probe_rounds, session, params, state, ckpt, maps, initial
@@ -378,7 +379,7 @@ def _follow_rounds(
     model on the final map as rank 0 (same seed) after the probe's rounds."""
     for r in range(state.next_round, len(schedule)):
         if r == probe_rounds:
-            session = fresh_session(session.codes, -1)
+            session = fresh_session(session.codes)
         for _ in range(schedule[r]):
             train_epoch_task(session)
         session.set_codes(distributed.broadcast_object(None))

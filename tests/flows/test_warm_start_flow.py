@@ -82,6 +82,7 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
         "data": {"synthetic": {"n_items": 46}},  # 6 items the champion never saw
         "tokenize": {"new_items": "model"},
         "train": {"start": "champion", "champion": str(champion), "warm": {"epochs": 1}},
+        "siit": {"retrain": True},  # a champion start keeps its warm model: no retraining
     }
     _stage(second, {**grown, **text_rows}, monkeypatch, [prepare_flow, validate_flow, train_flow])
     assert len(started) == 1 and len(coded) == 1  # the champion's rows are kept
@@ -93,6 +94,8 @@ def test_champion_start_keeps_identifiers_and_names_new_items(
     assert stats["new_rows_from"] == "text"  # their rows predicted from their text
     assert 0.0 <= stats["new_collision_rate_before"] <= 1.0
     assert [r["epoch"] for r in report["rounds"]] == [1]  # the warm budget, no refinement
+    assert report["retrain_map_round"] == -1
+    assert "phase" not in pl.read_csv(second / "reports/rounds.csv").columns
 
     old = pl.read_parquet(champion / "token_map.parquet").drop("item_idx")
     new = pl.read_parquet(second / "artifacts/models/siit/token_map.parquet").drop("item_idx")
