@@ -9,10 +9,11 @@ in DDP, each rank trains on its rows of every batch and the logged loss is all-r
 `components.model.distributed`). On CUDA the forward runs under bf16 autocast.
 
 On the CPU (where the tiny profile trains) a step of a small model is mostly elementwise
-traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_logits`: the
+traffic, not matmuls, so a plain `LlamaForCausalLM` trains through `_llama_response_features`: the
 same computation as the model's own forward, written for it (the q/k/v and gate/up weights are
 concatenated at use, so the saved weights stay the stock ones; cheaper attention dropout; the
-last layer's attention output, MLP, final norm and head only where there are labels), and
+last layer's attention output, MLP, final norm and head only where there are labels; the head
+and its cross-entropy fused, a cache-sized slice of rows at a time, `fused_loss`), and
 under bf16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), with fp32
 master weights, optimizer and loss. See docs/benchmarks.md (training throughput) for the
 profile behind each choice.
@@ -50,6 +51,7 @@ from components.model.decoding import (
     is_encoder_decoder,
     scores_item_rows,
 )
+from components.model.fused_loss import linear_cross_entropy
 from components.model.head import ItemRows, item_rows, output_weight
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.model.regularization import keep_mask
@@ -297,9 +299,16 @@ def response_loss(
         if levels is not None:
             logits, targets = _level_logits(logits, targets, selected, levels)
     elif _fast_llama(model, batch.input_ids.device, banded=mask is not None):
-        logits, targets, selected, features = _llama_response_logits(
-            model, batch.input_ids, batch.labels, mask, levels
+        features, targets, selected = _llama_response_features(
+            model, batch.input_ids, batch.labels, mask
         )
+        if levels is not None:
+            logits, targets = _level_head(features, model.lm_head.weight, targets, selected, levels)
+        elif per_row:
+            logits = F.linear(features, output_weight(model))
+        else:  # the head and its loss fused, slice by slice (fused_loss)
+            loss = linear_cross_entropy(features, output_weight(model), targets[selected])
+            return _plus_item_loss(loss, model, batch, selected, features, item_weight)
     elif mask is not None:
         raise ValueError(
             "banded seqrec windows (train.banded) train through the Llama training path only; "
@@ -318,20 +327,32 @@ def response_loss(
             logits, targets = _level_logits(logits, targets, selected, levels)
     if not per_row:
         loss = F.cross_entropy(logits.float(), targets[selected])
-        if item_weight:
-            if features is None:
-                raise ValueError(
-                    f"train.item_loss ({item_weight}) trains through a decoder-only model's "
-                    f"hidden states; {type(model).__name__} has none to give: set it to 0"
-                )
-            items = next_item_loss(model, batch.input_ids, selected, features)
-            loss = loss + item_weight * items / selected.sum().clamp(min=1)
-        return loss
+        return _plus_item_loss(loss, model, batch, selected, features, item_weight)
     token = F.cross_entropy(logits.float(), targets[selected], reduction="none")
     rows = selected.nonzero(as_tuple=True)[0]  # row-major, as the boolean index above
     return torch.zeros(selected.shape[0], dtype=token.dtype, device=token.device).index_add_(
         0, rows, token
     )
+
+
+def _plus_item_loss(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    batch: Batch,
+    selected: torch.Tensor,
+    features: torch.Tensor | None,
+    item_weight: float,
+) -> torch.Tensor:
+    """`loss` plus `item_weight` times the batch's next-item loss per labelled token."""
+    if not item_weight:
+        return loss
+    if features is None:
+        raise ValueError(
+            f"train.item_loss ({item_weight}) trains through a decoder-only model's "
+            f"hidden states; {type(model).__name__} has none to give: set it to 0"
+        )
+    items = next_item_loss(model, batch.input_ids, selected, features)
+    return loss + item_weight * items / selected.sum().clamp(min=1)
 
 
 def next_item_positions(
@@ -366,8 +387,7 @@ def next_item_loss(
         )
     at, items = next_item_positions(input_ids, selected, rows)
     weight = model.get_input_embeddings().weight[rows.base : rows.base + rows.count]
-    logits = F.linear(features[at[selected]], weight)
-    return F.cross_entropy(logits.float(), items, reduction="sum")
+    return linear_cross_entropy(features[at[selected]], weight, items, reduction="sum")
 
 
 def _level_targets(
@@ -511,7 +531,7 @@ def _seq2seq_response_logits(
 
 
 def _fast_llama(model: torch.nn.Module, device: torch.device, banded: bool = False) -> bool:
-    """Whether `_llama_response_logits` computes exactly what the model's own forward would: a
+    """Whether `_llama_response_features` computes exactly what the model's own forward would: a
     stock `LlamaForCausalLM`, default RoPE, no biases, SiLU, as many k/v heads as query heads,
     and no hooks but plain forward hooks on the embeddings and the attention and MLP blocks
     (residual dropout), which it calls itself. It is the path on the CPU, and on any device
@@ -643,23 +663,19 @@ def _llama_hidden(
     return h
 
 
-def _llama_response_logits(
+def _llama_response_features(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     blocked: torch.Tensor | None = None,
-    levels: CodeLevels | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, targets, selected, final hidden states at the selected positions)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(final hidden states at the labelled positions, after the final norm; targets; selected):
+    the output head's input, whose logits are `F.linear(features, output_weight(model))`."""
     targets = labels[:, 1:]
     selected = targets != IGNORE
     positions = F.pad(selected, (0, 1))  # position t predicts token t + 1
     hidden = _llama_hidden(model, input_ids, positions, blocked)  # [n_selected, hidden]
-    x = _rms_norm(hidden, model.model.norm)
-    if levels is not None:
-        logits, targets = _level_head(x, model.lm_head.weight, targets, selected, levels)
-        return logits, targets, selected, x
-    return F.linear(x, output_weight(model)), targets, selected, x
+    return _rms_norm(hidden, model.model.norm), targets, selected
 
 
 def cpu_bf16_native() -> bool:
