@@ -18,7 +18,10 @@ clock). Comparisons:
   change the models);
 - `t5-attention`: the tiny T5 (`model.architecture: t5`) attending with transformers' sdpa
   (its default) or `components.model.attention`'s eager attention with that softmax
-  (adopted, for the same reason).
+  (adopted, for the same reason);
+- `head-loss`: the output head's logits and their cross-entropy as `F.linear` then
+  `F.cross_entropy` (whole [n, vocab] arrays), or `components.model.fused_loss`'s
+  `linear_cross_entropy`, a cache-sized slice of rows at a time (adopted).
 
 A comparison tried and not kept stays in the commit that measured it (docs/benchmarks.md):
 `item-logits` at eb4e878, `train.item_loss`'s item logits as the output head's columns
@@ -69,6 +72,12 @@ def aten_softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x, -1)
 
 
+def unfused_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    return F.cross_entropy(F.linear(x, weight).float(), targets, reduction=reduction)
+
+
 @contextlib.contextmanager
 def attention_as(name: str) -> Iterator[None]:
     """Models switched to `attention.ATTENTION` attend with transformers' `name` attention
@@ -97,6 +106,14 @@ COMPARISONS: dict[str, dict[str, Variant]] = {
         "torch.softmax": lambda: patched(training, "softmax", aten_softmax),
         "training.softmax (thread-invariant backward)": lambda: patched(
             training, "softmax", training.softmax
+        ),
+    },
+    "head-loss": {
+        "F.linear + F.cross_entropy": lambda: patched(
+            training, "linear_cross_entropy", unfused_cross_entropy
+        ),
+        "fused_loss.linear_cross_entropy": lambda: patched(
+            training, "linear_cross_entropy", training.linear_cross_entropy
         ),
     },
     "t5-attention": {

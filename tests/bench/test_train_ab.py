@@ -10,7 +10,11 @@ import torch
 
 @pytest.mark.parametrize(
     ("comparison", "module", "name"),
-    [("dropout", "regularization", "dropout"), ("softmax", "training", "softmax")],
+    [
+        ("dropout", "regularization", "dropout"),
+        ("softmax", "training", "softmax"),
+        ("head-loss", "training", "linear_cross_entropy"),
+    ],
 )
 def test_variants_alternate_and_the_defaults_are_restored(
     bench_script, capsys, comparison, module, name
