@@ -32,11 +32,11 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, targets, scale: float, dtype: torch.dtype, grads: bool):
+    def forward(ctx, x, weight, targets, scale: float, dtype: torch.dtype, need_x, need_w):
         xs, w = x.to(dtype), weight.to(dtype)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        gx = torch.empty_like(xs) if grads else None
-        gw = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if grads else None
+        gx = torch.empty_like(xs) if need_x else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if need_w else None
         for start in range(0, xs.shape[0], CHUNK_ROWS):
             xc = xs[start : start + CHUNK_ROWS]
             tc = targets[start : start + CHUNK_ROWS, None]
@@ -46,23 +46,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(top).exp_()  # in place: unnormalised probabilities
             norm = probs.sum(1, keepdim=True)
             total += (norm.log() + top - picked).sum()
-            if grads:  # d(scale * sum of losses) / d logits = scale * (softmax - one-hot)
+            if need_x or need_w:  # d(scale * sum of losses) / d logits = scale * (p - one-hot)
                 probs.mul_(scale / norm).scatter_add_(1, tc, torch.full_like(picked, -scale))
                 g = probs.to(dtype)
-                gx[start : start + CHUNK_ROWS] = g @ w
-                gw += (g.t() @ xc).float()
+                if need_x:
+                    gx[start : start + CHUNK_ROWS] = g @ w
+                if need_w:
+                    gw += (g.t() @ xc).float()
         ctx.input_dtypes = (x.dtype, weight.dtype)
-        if grads:
-            ctx.save_for_backward(gx, gw)
+        ctx.save_for_backward(gx, gw)  # None where that gradient is not needed
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_loss):
         gx, gw = ctx.saved_tensors
         x_dtype, w_dtype = ctx.input_dtypes
-        gx = (gx * grad_loss.to(gx.dtype)).to(x_dtype) if ctx.needs_input_grad[0] else None
-        gw = (gw * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None
-        return gx, gw, None, None, None, None
+        if gx is not None and ctx.needs_input_grad[0]:
+            gx = (gx * grad_loss.to(gx.dtype)).to(x_dtype)
+        if gw is not None and ctx.needs_input_grad[1]:
+            gw = (gw * grad_loss).to(w_dtype)
+        return gx, gw, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -82,7 +85,8 @@ def linear_cross_entropy(
             f"targets must lie in 0..{weight.shape[0] - 1}, got {int(targets.min())}.."
             f"{int(targets.max())}"
         )
-    grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    grad_mode = torch.is_grad_enabled()
+    need_x, need_w = grad_mode and x.requires_grad, grad_mode and weight.requires_grad
     scale = 1.0 / n if reduction == "mean" else 1.0
     dtype = _compute_dtype(x)
-    return _LinearCrossEntropy.apply(x, weight, targets, scale, dtype, grads)
+    return _LinearCrossEntropy.apply(x, weight, targets, scale, dtype, need_x, need_w)

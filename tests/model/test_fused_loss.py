@@ -99,3 +99,31 @@ def test_bad_targets_and_reduction_are_refused():
         linear_cross_entropy(x, w, targets, reduction="none")
     empty = linear_cross_entropy(x[:0], w, targets[:0], reduction="sum")
     assert float(empty.detach()) == 0.0
+
+
+def test_only_the_gradients_asked_for():
+    """A frozen weight (or input) gets none, and the other is still exact."""
+    x, w, targets = _inputs(40)
+    w.requires_grad_(False)
+    linear_cross_entropy(x, w, targets).backward()
+    assert w.grad is None
+    got = x.grad.clone()
+    w.requires_grad_(True)
+    _, want, _ = _grads(_unfused, x, w, targets)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    frozen_x = x.detach()
+    w.grad = None
+    linear_cross_entropy(frozen_x, w, targets).backward()
+    _, _, want_w = _grads(_unfused, x, w, targets)
+    w.grad = None
+    linear_cross_entropy(frozen_x, w, targets).backward()
+    torch.testing.assert_close(w.grad, want_w, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_twice_with_retain_graph():
+    x, w, targets = _inputs(20)
+    loss = linear_cross_entropy(x, w, targets)
+    loss.backward(retain_graph=True)
+    once = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * once)
