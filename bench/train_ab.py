@@ -21,7 +21,13 @@ clock). Comparisons:
   (adopted, for the same reason);
 - `head-loss`: the output head's logits and their cross-entropy as `F.linear` then
   `F.cross_entropy` (whole [n, vocab] arrays), or `components.model.fused_loss`'s
-  `linear_cross_entropy`, a cache-sized slice of rows at a time (adopted).
+  `linear_cross_entropy`, a cache-sized slice of rows at a time (adopted);
+- `shapes`: the last layer and the head's last slice on exactly the labelled positions'
+  count, or on that count rounded up (`training.ROW_QUANTUM`, `fused_loss.PAD_ROWS`; adopted):
+  oneDNN JIT-compiles a bf16 matmul kernel for every new shape.
+
+Each run trains on batches of its own shuffle (as each real epoch does), so that no run
+replays matmul shapes an earlier run of the process has compiled.
 
 A comparison tried and not kept stays in the commit that measured it (docs/benchmarks.md):
 `item-logits` at eb4e878, `train.item_loss`'s item logits as the output head's columns
@@ -49,7 +55,7 @@ import torch.nn.functional as F  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
 from components.config import ModelConfig, TrainConfig  # noqa: E402
-from components.model import attention, regularization, training  # noqa: E402
+from components.model import attention, fused_loss, regularization, training  # noqa: E402
 from components.model.recommender import GenerativeRecommender  # noqa: E402
 
 
@@ -62,6 +68,15 @@ def patched(module, name: str, value) -> Iterator[None]:
         yield
     finally:
         setattr(module, name, before)
+
+
+@contextlib.contextmanager
+def patched_all(*patches: tuple) -> Iterator[None]:
+    """Several `patched` at once: (module, name, value) each."""
+    with contextlib.ExitStack() as stack:
+        for module, name, value in patches:
+            stack.enter_context(patched(module, name, value))
+        yield
 
 
 def bernoulli_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -116,6 +131,12 @@ COMPARISONS: dict[str, dict[str, Variant]] = {
             training, "linear_cross_entropy", training.linear_cross_entropy
         ),
     },
+    "shapes": {
+        "exact row counts": lambda: patched_all(
+            (training, "ROW_QUANTUM", 1), (fused_loss, "PAD_ROWS", 1)
+        ),
+        "row counts rounded up": contextlib.nullcontext,
+    },
     "t5-attention": {
         "sdpa": lambda: attention_as("sdpa"),
         "attention.attention (thread-invariant backward)": contextlib.nullcontext,
@@ -141,12 +162,14 @@ def measure(
     cfg = TrainConfig(batch_size=64, lr=3e-3)
     precision = training.training_precision(torch.device("cpu"))
     runs: dict[str, list[float]] = {name: [] for name in variants}
+    shuffle = 0  # each run its own batches: no run reuses the matmul shapes another compiled
     for r in range(repeats):
         for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
             with variants[name]():
                 runs[name].append(
-                    tt.ours(copy.deepcopy(fresh), examples, cfg, warmup, steps, precision)
+                    tt.ours(copy.deepcopy(fresh), examples, cfg, warmup, steps, precision, shuffle)
                 )
+            shuffle += 1000
     return runs
 
 

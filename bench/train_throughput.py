@@ -126,11 +126,11 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied matrix once
 
 
-def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig):
+def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig, first_epoch: int = 0):
     pad = rec.tokenizer.pad_token_id or 0
     return itertools.chain.from_iterable(  # epoch after epoch, like the transformers Trainer
         length_bucketed_batches(examples, cfg.batch_size, pad, np.random.default_rng(e))
-        for e in itertools.count()
+        for e in itertools.count(first_epoch)
     )
 
 
@@ -141,10 +141,19 @@ def _make_trainer(rec: GenerativeRecommender, cfg: TrainConfig, steps: int, prec
 
 
 def ours(
-    rec: GenerativeRecommender, examples, cfg: TrainConfig, warmup: int, steps: int, precision: str
+    rec: GenerativeRecommender,
+    examples,
+    cfg: TrainConfig,
+    warmup: int,
+    steps: int,
+    precision: str,
+    first_epoch: int = 0,
 ) -> float:
+    """Tokens/s of our Trainer; `first_epoch`: the batches of that shuffle on (another one
+    gives batches of other lengths and label counts, so matmul shapes this process has not
+    seen: oneDNN's JIT work, as a real epoch's new shuffle brings it)."""
     trainer = _make_trainer(rec, cfg, warmup + steps, precision)
-    batches = _batches(rec, examples, cfg)
+    batches = _batches(rec, examples, cfg, first_epoch)
     trainer.train_epoch(next(batches) for _ in range(warmup))
     start = CLOCK()
     stats = trainer.train_epoch(next(batches) for _ in range(steps))

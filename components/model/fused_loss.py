@@ -14,13 +14,19 @@ CPU or CUDA autocast, else the inputs' dtype), the softmax and the loss in fp32.
 gradient is summed over the slices in fp32 (the unfused path rounds it once to bf16), and the
 loss is summed slice by slice, so the two agree to rounding, not bit for bit. It is
 deterministic: the slices and their order are fixed.
+
+A last slice shorter than `CHUNK_ROWS` is padded with zero rows to a multiple of `PAD_ROWS`
+(their loss and gradients dropped): the CPU's bf16 matmuls (oneDNN) JIT-compile a kernel for
+every new shape, a few ms each, and without the padding every batch's row count is new.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 CHUNK_ROWS = 256  # rows of logits per slice: 256 x ~4k fp32 is about one core's L2
+PAD_ROWS = 32  # a shorter last slice is padded to a multiple of this: its matmuls' shapes repeat
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -40,17 +46,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, xs.shape[0], CHUNK_ROWS):
             xc = xs[start : start + CHUNK_ROWS]
             tc = targets[start : start + CHUNK_ROWS, None]
+            rows = len(xc)
+            pad = -rows % PAD_ROWS  # a short last slice: zero rows up to a multiple of PAD_ROWS
+            if pad:
+                xc, tc = F.pad(xc, (0, 0, 0, pad)), F.pad(tc, (0, 0, 0, pad))
             logits = (xc @ w.t()).float()  # [c, V]: as F.linear in `dtype`, then .float()
             top = logits.amax(1, keepdim=True)
             picked = logits.gather(1, tc)
             probs = logits.sub_(top).exp_()  # in place: unnormalised probabilities
             norm = probs.sum(1, keepdim=True)
-            total += (norm.log() + top - picked).sum()
+            total += (norm.log() + top - picked)[:rows].sum()
             if need_x or need_w:  # d(scale * sum of losses) / d logits = scale * (p - one-hot)
                 probs.mul_(scale / norm).scatter_add_(1, tc, torch.full_like(picked, -scale))
+                probs[rows:] = 0  # the padding rows add nothing to either gradient
                 g = probs.to(dtype)
                 if need_x:
-                    gx[start : start + CHUNK_ROWS] = g @ w
+                    gx[start : start + rows] = (g @ w)[:rows]
                 if need_w:
                     gw += (g.t() @ xc).float()
         ctx.input_dtypes = (x.dtype, weight.dtype)

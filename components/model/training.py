@@ -57,6 +57,8 @@ from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.model.regularization import keep_mask
 from components.progress import progress
 
+ROW_QUANTUM = 64  # the last layer's rows: a multiple of this (_padded_positions)
+
 
 def seqrec_examples(
     prompts: PromptBuilder,
@@ -607,6 +609,7 @@ def _llama_hidden(
     positions only (most of a layer's work; with item2id prompts most positions)."""
     inner, c = model.model, model.config
     batch, length = input_ids.shape
+    n_selected = None if selected is None else int(selected.sum())
     heads = c.num_attention_heads
     head_dim = c.hidden_size // heads
     dropout = c.attention_dropout if model.training else 0.0
@@ -651,7 +654,8 @@ def _llama_hidden(
             out = torch.bmm(probs, v)
         out = out.view(batch, heads, length, head_dim).transpose(1, 2)
         if last:  # from here on each position is on its own: keep the selected ones
-            out, h = out[selected].flatten(1), h[selected]
+            rows, cols = _padded_positions(selected)
+            out, h = out[rows, cols].flatten(1), h[rows, cols]
         else:
             out = out.reshape(batch, length, -1)
         out = F.linear(out, attn.o_proj.weight)
@@ -660,7 +664,23 @@ def _llama_hidden(
         gate, up = F.linear(x, torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))).chunk(2, -1)
         out = F.linear(F.silu(gate) * up, mlp.down_proj.weight)
         h = h + _hooks(mlp, (x,), out)
-    return h
+    return h if n_selected is None else h[:n_selected]
+
+
+def _padded_positions(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (row, column) indices of `selected`'s True positions, row-major as `x[selected]`
+    takes them, padded to a multiple of `ROW_QUANTUM` by repeating the first one.
+
+    The last layer's matmuls run on these rows. Their count differs from batch to batch, and
+    oneDNN (the CPU's bf16 matmuls) JIT-compiles a kernel for every new shape: a few ms each,
+    10-20% of a step when every step brings new ones (issue 11). Rounded up, the shapes repeat
+    and its primitive cache serves them; the repeated rows are computed and dropped."""
+    rows, cols = selected.nonzero(as_tuple=True)
+    extra = -len(rows) % ROW_QUANTUM
+    if extra and len(rows):
+        rows = torch.cat((rows, rows[:1].expand(extra)))
+        cols = torch.cat((cols, cols[:1].expand(extra)))
+    return rows, cols
 
 
 def _llama_response_features(

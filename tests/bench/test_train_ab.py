@@ -111,3 +111,34 @@ def test_t5_attention_variants_attend_each_their_way(bench_script, capsys) -> No
     assert AttentionMaskInterface._global_mapping[attention.ATTENTION].__name__ == "eager_mask"
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
     assert len(rows) == 2 and rows[0].startswith("| sdpa |")
+
+
+def test_shapes_variants_round_or_not_and_each_run_has_its_own_batches(
+    bench_script, capsys
+) -> None:
+    """`shapes`: the exact variant runs with no rounding, today's with it; both quanta come
+    back; and no two runs train on the same shuffle (each meets its own matmul shapes)."""
+    torch.set_num_threads(1)
+    bench = bench_script("train_ab")
+    from components.model import fused_loss, training
+
+    quanta = (training.ROW_QUANTUM, fused_loss.PAD_ROWS)
+    seen, shuffles = [], []
+    real_ours = bench.tt.ours
+
+    def ours(*args):
+        seen.append((training.ROW_QUANTUM, fused_loss.PAD_ROWS))
+        shuffles.append(args[-1])
+        return real_ours(*args)
+
+    bench.tt.ours = ours
+    try:
+        bench.main(["shapes", "--repeats", "2", "--steps", "1", "--warmup", "0",
+                    "--items", "50", "--users", "8"])  # fmt: skip
+    finally:
+        bench.tt.ours = real_ours
+    assert seen == [(1, 1), quanta, quanta, (1, 1)]
+    assert len(set(shuffles)) == 4
+    assert quanta == (training.ROW_QUANTUM, fused_loss.PAD_ROWS)
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
+    assert len(rows) == 2 and rows[0].startswith("| exact row counts |")

@@ -124,3 +124,19 @@ def test_backward_twice_with_retain_graph():
     once = x.grad.clone()
     loss.backward()
     torch.testing.assert_close(x.grad, 2 * once)
+
+
+@pytest.mark.parametrize("n", [1, 31, 33, 300])
+def test_a_short_last_slice_is_padded_so_that_shapes_repeat(matmul_rows, n):
+    """oneDNN JIT-compiles a bf16 kernel per new matmul shape: the slices' row counts come from
+    a few values (multiples of PAD_ROWS up to CHUNK_ROWS), whatever n is, and the padding
+    changes neither the loss nor the gradients."""
+    assert fused_loss.PAD_ROWS > 1
+    x, w, targets = _inputs(n)
+    want = _grads(_unfused, x, w, targets)
+    with matmul_rows() as rows:
+        got = _grads(linear_cross_entropy, x, w, targets)
+    assert rows and all(r % fused_loss.PAD_ROWS == 0 or r == w.shape[0] for r in rows)
+    assert max(rows) <= max(fused_loss.CHUNK_ROWS, w.shape[0])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -750,3 +750,27 @@ def test_training_gradients_are_the_same_on_one_and_two_threads() -> None:
 
     one, two = (_on_threads(t, gradients) for t in (1, 2))
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def test_the_last_layer_runs_on_row_counts_that_repeat(matmul_rows) -> None:
+    """oneDNN JIT-compiles a bf16 kernel per new matmul shape, and the number of labelled
+    positions changes from batch to batch: two batches of one shape whose labelled positions
+    differ in number (by less than ROW_QUANTUM) run matmuls of the same shapes, with the loss
+    the model's own forward gives."""
+    assert training.ROW_QUANTUM > 1
+    model = tiny_llama().eval()
+    batch = collate(examples(), pad_id=0)
+    fewer = batch.labels.clone()
+    fewer[:4, :6] = IGNORE  # a few labelled positions fewer, the same shape
+    second = Batch(
+        batch.input_ids, batch.attention_mask, fewer, int((fewer[:, 1:] != IGNORE).sum())
+    )
+    assert second.n_label_tokens < batch.n_label_tokens
+    shapes = []
+    for b in (batch, second):
+        with matmul_rows() as rows:
+            loss = response_loss(model, b)
+            loss.backward()
+        shapes.append(sorted(rows))
+        torch.testing.assert_close(loss, reference_loss(model, b), rtol=1e-5, atol=1e-6)
+    assert shapes[0] == shapes[1]
