@@ -2,6 +2,7 @@
 
     python bench/train_ab.py dropout                    # one thread, 6 runs of each
     python bench/train_ab.py dropout --threads 2 --repeats 4
+    python bench/train_ab.py shapes --movielens --repeats 2   # a real epoch per run
 
 The default tiny Llama (`ModelConfig()`: item rows, residual dropout 0.1; `TrainConfig()`'s
 item loss; for `t5-attention`, the tiny T5 of the same size) trains on
@@ -29,6 +30,12 @@ clock). Comparisons:
 Each run trains on batches of its own shuffle (as each real epoch does), so that no run
 replays matmul shapes an earlier run of the process has compiled.
 
+`--movielens`: instead of the synthetic windows, each run is one whole epoch of the default
+training on the project's data (`data/processed`, made by `siit prepare` and `siit
+validate` if missing; params.yaml's model, tasks and batch): seqrec windows and `item2id`
+prompts as the train stage mixes them, its own shuffle per run (`train.seed`). The map is a
+random 3 x 256 one: which codes the items get does not change the batches' shapes or the work.
+
 A comparison tried and not kept stays in the commit that measured it (docs/benchmarks.md):
 `item-logits` at eb4e878, `train.item_loss`'s item logits as the output head's columns
 instead of a second matmul (0.96-0.97x: the slices' backward writes two head-sized zero
@@ -50,6 +57,7 @@ import copy  # noqa: E402
 import statistics  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 
+import runner  # noqa: E402  (before train_throughput, which takes bench/ off sys.path)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import train_throughput as tt  # noqa: E402
@@ -173,6 +181,42 @@ def measure(
     return runs
 
 
+def measure_movielens(variants: dict[str, Variant], repeats: int) -> dict[str, list[float]]:
+    """Tokens/s of one epoch of the default training on the project's MovieLens data per run."""
+    import numpy as np
+
+    from components.config import load_params
+    from components.data import Dataset
+    from components.model.session import TrainingSession
+
+    runner.ensure_dataset()
+    params = load_params(str(runner.ROOT / "params.yaml"))
+    dataset = Dataset.read(runner.ROOT / "data" / "processed")
+    codebooks = (params.tokenize.codebook_size,) * params.tokenize.levels
+    n_items = len(dataset.item_ids())
+    flat = np.random.default_rng(0).choice(int(np.prod(codebooks)), n_items, replace=False)
+    codes = np.stack(np.unravel_index(flat, codebooks), axis=1)
+    fresh = GenerativeRecommender.create(params.model, codebooks, dataset.item_texts(), seed=0)
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    run = 0
+    for r in range(repeats):
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            train = params.train.model_copy(update={"seed": params.train.seed + run})
+            session = TrainingSession(
+                copy.deepcopy(fresh),
+                dataset,
+                codes,
+                train,
+                params.evaluate,
+                total_epochs=1,
+                residual_dropout=params.model.residual_dropout,
+            )
+            with variants[name]():
+                runs[name].append(session.train_epoch()["tokens_per_s"])
+            run += 1
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,25 +228,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
+    parser.add_argument(
+        "--movielens", action="store_true", help="a whole epoch of the project's data per run"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = COMPARISONS[args.comparison]
-    runs = measure(
-        variants,
-        args.repeats,
-        args.steps,
-        args.warmup,
-        args.items,
-        args.users,
-        MODELS.get(args.comparison),
-    )
+    if args.movielens and args.comparison in MODELS:
+        parser.error(f"--movielens trains params.yaml's model, not {args.comparison}'s")
+    if args.movielens:
+        runs = measure_movielens(variants, args.repeats)
+    else:
+        runs = measure(
+            variants,
+            args.repeats,
+            args.steps,
+            args.warmup,
+            args.items,
+            args.users,
+            MODELS.get(args.comparison),
+        )
     first = next(iter(variants))
     base = statistics.median(runs[first])
     precision = training.training_precision(torch.device("cpu"))
-    print(
-        f"{args.comparison}: {args.threads} thread(s), {args.repeats} x {args.steps} steps "
-        f"each, batch 64, {precision}\n"
-    )
+    what = "one MovieLens epoch each" if args.movielens else f"{args.steps} steps each, batch 64"
+    print(f"{args.comparison}: {args.threads} thread(s), {args.repeats} x {what}, {precision}\n")
     print(f"| variant | median tokens/s | best tokens/s | median vs {first} |")
     print("|---|---:|---:|---:|")
     for name, values in runs.items():

@@ -142,3 +142,55 @@ def test_shapes_variants_round_or_not_and_each_run_has_its_own_batches(
     assert quanta == (training.ROW_QUANTUM, fused_loss.PAD_ROWS)
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
     assert len(rows) == 2 and rows[0].startswith("| exact row counts |")
+
+
+def test_movielens_mode_trains_a_whole_epoch_of_the_projects_data_per_run(
+    bench_script, capsys, monkeypatch, tmp_path
+) -> None:
+    """`--movielens`: every run is one epoch of `data/processed` under params.yaml (here a tiny
+    project: 12 users, 30 items), each with its own shuffle (`train.seed`), and each variant's
+    runs count every batch of that epoch."""
+    import numpy as np
+    import polars as pl
+
+    from components.data import Dataset
+    from components.model.session import TrainingSession
+
+    torch.set_num_threads(1)
+    bench = bench_script("train_ab")
+    rng = np.random.default_rng(0)
+    items = pl.DataFrame(
+        {
+            "item_idx": np.arange(30, dtype=np.int64),
+            "item_id": [f"i{i}" for i in range(30)],
+            "title": [f"t{i}" for i in range(30)],
+            "text": [f"item {i} words" for i in range(30)],
+        }
+    )
+    sequences = [rng.integers(0, 30, size=rng.integers(5, 12)) for _ in range(12)]
+    users = [f"u{i}" for i in range(12)]
+    Dataset(items=items, user_ids=users, sequences=sequences, max_history=5).write(
+        tmp_path / "data" / "processed"
+    )
+    (tmp_path / "params.yaml").write_text(
+        "model: {hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32}\n"
+        "train: {batch_size: 8, seed: 7}\n"
+    )
+    monkeypatch.setattr(bench.runner, "ROOT", tmp_path)
+    seeds, batches = [], []
+    real_epoch = TrainingSession.train_epoch
+
+    def train_epoch(self):
+        seeds.append(self.train_cfg.seed)
+        stats = real_epoch(self)
+        batches.append(stats["steps"])
+        return stats
+
+    monkeypatch.setattr(TrainingSession, "train_epoch", train_epoch)
+    bench.main(["shapes", "--movielens", "--repeats", "2"])
+    assert seeds == [7, 8, 9, 10]
+    assert batches[0] > 1 and len(set(batches)) == 1  # the whole epoch, every run
+    out = capsys.readouterr().out
+    assert "2 x one MovieLens epoch each" in out
+    rows = [r for r in out.splitlines() if r.startswith("| ")][1:]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
