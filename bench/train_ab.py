@@ -170,15 +170,21 @@ def measure(
     cfg = TrainConfig(batch_size=64, lr=3e-3)
     precision = training.training_precision(torch.device("cpu"))
     runs: dict[str, list[float]] = {name: [] for name in variants}
-    shuffle = 0  # each run its own batches: no run reuses the matmul shapes another compiled
+    for run, name in alternating(variants, repeats):
+        with variants[name]():  # each run its own shuffle: no reuse of shapes another compiled
+            runs[name].append(
+                tt.ours(copy.deepcopy(fresh), examples, cfg, warmup, steps, precision, 1000 * run)
+            )
+    return runs
+
+
+def alternating(variants: dict[str, Variant], repeats: int) -> Iterator[tuple[int, str]]:
+    """(run index, variant) in the order A B, B A, A B, ..."""
+    run = 0
     for r in range(repeats):
         for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            with variants[name]():
-                runs[name].append(
-                    tt.ours(copy.deepcopy(fresh), examples, cfg, warmup, steps, precision, shuffle)
-                )
-            shuffle += 1000
-    return runs
+            yield run, name
+            run += 1
 
 
 def measure_movielens(variants: dict[str, Variant], repeats: int) -> dict[str, list[float]]:
@@ -193,27 +199,22 @@ def measure_movielens(variants: dict[str, Variant], repeats: int) -> dict[str, l
     params = load_params(str(runner.ROOT / "params.yaml"))
     dataset = Dataset.read(runner.ROOT / "data" / "processed")
     codebooks = (params.tokenize.codebook_size,) * params.tokenize.levels
-    n_items = len(dataset.item_ids())
-    flat = np.random.default_rng(0).choice(int(np.prod(codebooks)), n_items, replace=False)
-    codes = np.stack(np.unravel_index(flat, codebooks), axis=1)
+    codes = tt.random_codes(len(dataset.item_ids()), codebooks, np.random.default_rng(0))
     fresh = GenerativeRecommender.create(params.model, codebooks, dataset.item_texts(), seed=0)
     runs: dict[str, list[float]] = {name: [] for name in variants}
-    run = 0
-    for r in range(repeats):
-        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            train = params.train.model_copy(update={"seed": params.train.seed + run})
-            session = TrainingSession(
-                copy.deepcopy(fresh),
-                dataset,
-                codes,
-                train,
-                params.evaluate,
-                total_epochs=1,
-                residual_dropout=params.model.residual_dropout,
-            )
-            with variants[name]():
-                runs[name].append(session.train_epoch()["tokens_per_s"])
-            run += 1
+    for run, name in alternating(variants, repeats):
+        train = params.train.model_copy(update={"seed": params.train.seed + run})
+        session = TrainingSession(
+            copy.deepcopy(fresh),
+            dataset,
+            codes,
+            train,
+            params.evaluate,
+            total_epochs=1,
+            residual_dropout=params.model.residual_dropout,
+        )
+        with variants[name]():
+            runs[name].append(session.train_epoch()["tokens_per_s"])
     return runs
 
 

@@ -108,11 +108,15 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, repeats:
     return 2 * size**3 / best
 
 
+def random_codes(n_items: int, codebooks: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A random collision-free map: [n_items, levels] codes."""
+    flat = rng.choice(int(np.prod(codebooks)), n_items, replace=False)
+    return np.stack(np.unravel_index(flat, codebooks), axis=1)
+
+
 def synthetic_examples(rec: GenerativeRecommender, n_items: int, n_users: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    flat = rng.choice(int(np.prod(CODEBOOKS)), n_items, replace=False)
-    codes = np.stack(np.unravel_index(flat, CODEBOOKS), axis=1)
-    prompts = rec.prompt_builder(codes)
+    prompts = rec.prompt_builder(random_codes(n_items, CODEBOOKS, rng))
     sequences = [rng.integers(0, n_items, size=rng.integers(10, 40)) for _ in range(n_users)]
     return seqrec_examples(prompts, sequences, MAX_HISTORY)
 
