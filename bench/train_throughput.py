@@ -33,7 +33,9 @@ With `--repeats N` each trainer is measured N times, interleaved, and its best r
 (one thread, so no parallel speed-up; the matmul peak is then one thread's, in CPU time too).
 
 `--reference FILE` adds the `Trainer` of another version of components/model/training.py (e.g.
-a git worktree of an older commit), run on the same data in the same process. `--profile N`
+a git worktree of an older commit), run on the same data in the same process, in our precision
+if that version takes one (fp32 if it predates bf16). It imports the other modules of this
+checkout (`components.model.fused_loss`, ...): the comparison is of that one file. `--profile N`
 then profiles N steps of each siit Trainer row (torch.profiler, CPU time of all threads) and
 prints where a step's time goes, by kind of operator.
 """
@@ -52,6 +54,7 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import copy  # noqa: E402
 import importlib.util  # noqa: E402
+import inspect  # noqa: E402
 import itertools  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -139,8 +142,16 @@ def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig, first_epoch
 
 
 def _make_trainer(rec: GenerativeRecommender, cfg: TrainConfig, steps: int, precision: str):
-    if precision.startswith("reference"):  # another version's Trainer (fp32, its own choices)
-        return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1)
+    if precision.startswith("reference"):  # another version's Trainer
+        if precision == "reference fp32":  # one from before the Trainer had a precision
+            return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1)
+        return REFERENCE.Trainer(
+            rec.model,
+            cfg,
+            steps_per_epoch=steps,
+            total_epochs=1,
+            precision=precision.removeprefix("reference "),
+        )
     return Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, precision=precision)
 
 
@@ -292,7 +303,8 @@ def bench(
     if ours_precision != default:
         runs.append(("siit Trainer", ours, default))
     if REFERENCE is not None:
-        runs.append(("reference Trainer", ours, "reference fp32"))
+        takes = "precision" in inspect.signature(REFERENCE.Trainer).parameters
+        runs.append(("reference Trainer", ours, f"reference {ours_precision if takes else 'fp32'}"))
     runs.append(("transformers Trainer", transformers_trainer, default))
     if ours_precision != default:
         runs.append(("transformers Trainer", transformers_trainer, ours_precision))

@@ -638,13 +638,13 @@ def _llama_hidden(
         last = selected is not None and i == len(layers) - 1
         x = _rms_norm(h, layer.input_layernorm)
         w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
-        qkv = F.linear(x, w).view(batch, length, 3, heads, head_dim)
-        qk = qkv[:, :, :2]
+        # split/unbind, not indexing: their backward joins the pieces' gradients in one pass,
+        # where each index's backward fills a zero tensor of the whole and adds them up
+        qk, v = F.linear(x, w).view(batch, length, 3, heads, head_dim).split((2, 1), 2)
         swapped = qk.roll(head_dim // 2, -1)  # the halves swapped
         qk = torch.addcmul(qk * cos.to(qk.dtype), swapped, sin.to(qk.dtype))
-        q = qk[:, :, 0].transpose(1, 2).reshape(batch * heads, length, head_dim)
-        k = qk[:, :, 1].transpose(1, 2).reshape(batch * heads, length, head_dim)
-        v = qkv[:, :, 2].transpose(1, 2).reshape(batch * heads, length, head_dim)
+        q, k = (t.transpose(1, 2).reshape(batch * heads, length, head_dim) for t in qk.unbind(2))
+        v = v.squeeze(2).transpose(1, 2).reshape(batch * heads, length, head_dim)
         scores = torch.baddbmm(causal.to(q.dtype), q, k.transpose(1, 2), alpha=head_dim**-0.5)
         probs = softmax(scores)
         if dropout:
