@@ -96,7 +96,7 @@ TARGETS = {
     "flows.report:_read_json": "io",
     "flows.train:_map_bytes": "io",
     "components.tokenizers.embeddings:embed_texts": "model",
-    "components.tokenizers:build_token_map": "model",
+    "components.tokenizers:fit_token_map": "model",  # build_token_map calls it too
     "components.model.recommender:GenerativeRecommender.create": "model",
     "components.model.session:TrainingSession.__post_init__": "model",
     "components.model.session:TrainingSession.*": "model",
