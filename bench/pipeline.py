@@ -109,6 +109,12 @@ TARGETS = {
     "components.tracking:log_artifact": "tracking",
     "components.tracking:log_dict": "tracking",
     "components.tracking:start_run": "tracking",
+    "components.tracking:set_tags": "tracking",
+    "components.tracking:find_run": "tracking",
+    "components.tracking:log_recommender": "tracking",  # the registered MLflow model
+    "components.tracking:gate_champion": "tracking",
+    "components.tracking:load_pyfunc": "tracking",
+    "flows.register:served_ndcg": "model",  # the served model on validation (its load: tracking)
 }
 CONTEXT_MANAGERS = {"components.tracking:start_run"}  # entry and exit timed, not the body
 
