@@ -189,17 +189,17 @@ def alternating(variants: dict[str, Variant], repeats: int) -> Iterator[tuple[in
 
 def measure_movielens(variants: dict[str, Variant], repeats: int) -> dict[str, list[float]]:
     """Tokens/s of one epoch of the default training on the project's MovieLens data per run."""
-    import numpy as np
-
     from components.config import load_params
     from components.data import Dataset
     from components.model.session import TrainingSession
+    from components.tokenizers.random_ids import random_codes
 
     runner.ensure_dataset()
     params = load_params(str(runner.ROOT / "params.yaml"))
     dataset = Dataset.read(runner.ROOT / "data" / "processed")
-    codebooks = (params.tokenize.codebook_size,) * params.tokenize.levels
-    codes = tt.random_codes(len(dataset.item_ids()), codebooks, np.random.default_rng(0))
+    levels, size = params.tokenize.levels, params.tokenize.codebook_size
+    codebooks = (size,) * levels
+    codes = random_codes(len(dataset.item_ids()), levels, size, 0)
     fresh = GenerativeRecommender.create(params.model, codebooks, dataset.item_texts(), seed=0)
     runs: dict[str, list[float]] = {name: [] for name in variants}
     for run, name in alternating(variants, repeats):

@@ -76,6 +76,7 @@ from components.model.training import (  # noqa: E402
     seqrec_examples,
     training_precision,
 )
+from components.tokenizers.random_ids import random_codes  # noqa: E402
 
 MODELS = ("tiny", "smollm2")
 REFERENCE = None  # --reference: another version's training module
@@ -111,15 +112,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype | None = None, repeats:
     return 2 * size**3 / best
 
 
-def random_codes(n_items: int, codebooks: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A random collision-free map: [n_items, levels] codes."""
-    flat = rng.choice(int(np.prod(codebooks)), n_items, replace=False)
-    return np.stack(np.unravel_index(flat, codebooks), axis=1)
-
-
 def synthetic_examples(rec: GenerativeRecommender, n_items: int, n_users: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    prompts = rec.prompt_builder(random_codes(n_items, CODEBOOKS, rng))
+    prompts = rec.prompt_builder(random_codes(n_items, len(CODEBOOKS), CODEBOOKS[0], rng))
     sequences = [rng.integers(0, n_items, size=rng.integers(10, 40)) for _ in range(n_users)]
     return seqrec_examples(prompts, sequences, MAX_HISTORY)
 
@@ -143,15 +138,9 @@ def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig, first_epoch
 
 def _make_trainer(rec: GenerativeRecommender, cfg: TrainConfig, steps: int, precision: str):
     if precision.startswith("reference"):  # another version's Trainer
-        if precision == "reference fp32":  # one from before the Trainer had a precision
-            return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1)
-        return REFERENCE.Trainer(
-            rec.model,
-            cfg,
-            steps_per_epoch=steps,
-            total_epochs=1,
-            precision=precision.removeprefix("reference "),
-        )
+        # "reference fp32": one from before the Trainer had a precision
+        own = {} if precision == "reference fp32" else {"precision": precision.split()[1]}
+        return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, **own)
     return Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, precision=precision)
 
 

@@ -8,8 +8,11 @@ import numpy as np
 INT64_SPACE = 2**62
 
 
-def random_codes(n_items: int, levels: int, codebook_size: int, seed: int) -> np.ndarray:
-    """Codes [n_items, levels], unique whenever the code space is large enough.
+def random_codes(
+    n_items: int, levels: int, codebook_size: int, seed: int | np.random.Generator
+) -> np.ndarray:
+    """Codes [n_items, levels], unique whenever the code space is large enough. `seed`: an
+    int, or a generator to draw from (it advances, for a caller that draws more after).
 
     Sampling identifiers (not codes per level) without replacement keeps them unique and
     uniformly spread; a catalogue larger than the code space necessarily collides, which
