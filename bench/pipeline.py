@@ -31,6 +31,8 @@ proportions of theirs, its own start-up and waiting apart.
 Stages that are not `siit` commands (none in today's dvc.yaml) run uninstrumented; all of
 their time counts as io.
 DVC's own time (hashing, lock file) is not included: stages are run directly.
+Targets absent from their module, and targets some stage imported but no stage called (a
+stale name whose time would land in another category), are listed after the table.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
-from collections import defaultdict  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from importlib.machinery import ModuleSpec  # noqa: E402
 from types import ModuleType  # noqa: E402
@@ -107,7 +109,6 @@ TARGETS = {
     "components.tracking:log_params": "tracking",
     "components.tracking:log_metrics": "tracking",
     "components.tracking:log_artifact": "tracking",
-    "components.tracking:log_dict": "tracking",
     "components.tracking:start_run": "tracking",
     "components.tracking:set_tags": "tracking",
     "components.tracking:find_run": "tracking",
@@ -129,6 +130,8 @@ class Profile:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        # calls per target ("module:path" as in TARGETS), every instrumented one listed
+        self.calls: dict[str, int] = {}
         self._local = threading.local()
 
     @contextlib.contextmanager
@@ -144,20 +147,26 @@ class Profile:
             if stack:
                 stack[-1] += elapsed
 
-    def wrap(self, category: str, fn: Callable) -> Callable:
+    def _called(self, target: str | None) -> None:
+        if target is not None:
+            self.calls[target] += 1
+
+    def wrap(self, category: str, fn: Callable, target: str | None = None) -> Callable:
         @functools.wraps(fn)
         def timed(*args, **kwargs):
+            self._called(target)
             with self.timing(category):
                 return fn(*args, **kwargs)
 
         return timed
 
-    def wrap_context(self, category: str, fn: Callable) -> Callable:
+    def wrap_context(self, category: str, fn: Callable, target: str | None = None) -> Callable:
         """A context-manager factory whose entry and exit are timed, not its body."""
 
         @functools.wraps(fn)
         @contextlib.contextmanager
         def timed(*args, **kwargs):
+            self._called(target)
             with self.timing(category):
                 cm = fn(*args, **kwargs)
                 value = cm.__enter__()
@@ -176,7 +185,9 @@ class Profile:
     def instrument(
         self, module: ModuleType, path: str, category: str, context: bool = False
     ) -> bool:
-        """Replace `name` / `Class.name` / `Class.*` of a loaded module by timed versions."""
+        """Replace `name` / `Class.name` / `Class.*` of a loaded module by timed versions,
+        whose calls count towards the target `module:path` (`calls`)."""
+        target = f"{module.__name__}:{path}"
         class_name, _, name = path.rpartition(".")
         owner: object = module
         if class_name:
@@ -186,21 +197,24 @@ class Profile:
             if name == "*":
                 public = [n for n, v in vars(owner).items() if _is_method(n, v)]
                 for method in public:
-                    self._patch(owner, method, category)
+                    self._patch(owner, method, category, target)
                 return bool(public)
         if not hasattr(owner, name):
             return False
-        self._patch(owner, name, category, context)
+        self._patch(owner, name, category, target, context)
         return True
 
-    def _patch(self, owner: object, name: str, category: str, context: bool = False) -> None:
+    def _patch(
+        self, owner: object, name: str, category: str, target: str, context: bool = False
+    ) -> None:
+        self.calls.setdefault(target, 0)
         raw = inspect.getattr_static(owner, name)
         if isinstance(raw, classmethod | staticmethod):
-            wrapped = type(raw)(self.wrap(category, raw.__func__))
+            wrapped = type(raw)(self.wrap(category, raw.__func__, target))
         elif context:
-            wrapped = self.wrap_context(category, raw)
+            wrapped = self.wrap_context(category, raw, target)
         else:
-            wrapped = self.wrap(category, raw)
+            wrapped = self.wrap(category, raw, target)
         setattr(owner, name, wrapped)
 
 
@@ -294,7 +308,15 @@ def worker(out_file: Path, siit_args: list[str], extra: dict[str, str], started:
     seconds = {**profile.seconds, "startup": at - started - timed}
     ended = time.perf_counter()
     out_file.write_text(
-        json.dumps({"seconds": seconds, "started": started, "ended": ended, "absent": hook.absent})
+        json.dumps(
+            {
+                "seconds": seconds,
+                "started": started,
+                "ended": ended,
+                "absent": hook.absent,
+                "calls": profile.calls,
+            }
+        )
     )
     return rc
 
@@ -325,7 +347,7 @@ def run_other(root: Path, cmd: list[str], env: dict) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-    return {"wall": wall, **dict.fromkeys(CATEGORIES, 0.0), "io": wall, "absent": []}
+    return {"wall": wall, **dict.fromkeys(CATEGORIES, 0.0), "io": wall, "absent": [], "calls": {}}
 
 
 def prepare_root(args: argparse.Namespace) -> tuple[Path, str]:
@@ -381,7 +403,10 @@ def run_stage(root: Path, siit_args: list[str], extra: list[str], env: dict) -> 
             for mode in MODES
             if (Path(tmp) / f"{mode}.json").exists()
         }
-    row = {**_categories(profile, start, end), "absent": profile["absent"]}
+    calls = Counter(profile["calls"])
+    for child in children.values():
+        calls.update(child["calls"])
+    row = {**_categories(profile, start, end), "absent": profile["absent"], "calls": dict(calls)}
     if not children:
         return row
     # a child's wall: from its interpreter's start (its parent's spawn, about) to its end
@@ -415,6 +440,16 @@ def metrics_lines(path: Path) -> str:
                 f"{test['recall@10']:.4f} | {test['ndcg@10']:.4f} |"
             )
     return "\n".join(lines)
+
+
+def never_called(calls: list[dict[str, int]]) -> list[str]:
+    """Targets some process instrumented (its module imported) but no process called: a stale
+    target whose time lands elsewhere (e.g. a model-compute function renamed or no longer on
+    the path: its time counted as orchestration)."""
+    total: Counter[str] = Counter()
+    for counts in calls:
+        total.update(counts)
+    return sorted(target for target, n in total.items() if n == 0)
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -454,6 +489,7 @@ def main() -> int:
     configure_environment()
     rows: dict[str, dict] = {}
     absent: set[str] = set()
+    calls: list[dict[str, int]] = []
     start = time.perf_counter()
     server = local_prefect_server(Path(os.environ["PREFECT_HOME"]))
     url = server.__enter__()
@@ -469,6 +505,7 @@ def main() -> int:
             else:
                 row = run_other(root, cmd, env)
             absent.update(row.pop("absent"))
+            calls.append(row.pop("calls"))
             children = row.pop("children", {})
             rows[name] = row
             for mode, child in children.items():  # shown, not added to the total again
@@ -493,6 +530,9 @@ def main() -> int:
     print(metrics_lines(root / "reports" / "metrics.json"))
     if absent:
         print(f"not instrumented (absent): {', '.join(sorted(absent))}", file=sys.stderr)
+    unused = never_called(calls)
+    if unused:
+        print(f"timed but called in no stage: {', '.join(unused)}", file=sys.stderr)
     if not args.keep and not args.in_place:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -446,12 +446,6 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_dict(obj: Mapping[str, Any], name: str) -> None:
-    import mlflow
-
-    mlflow.log_dict(dict(obj), name)
-
-
 # ---------------------------------------------------------------------------------------
 # the served model: logging, registry, champion gate
 
