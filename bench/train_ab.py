@@ -25,7 +25,10 @@ clock). Comparisons:
   `linear_cross_entropy`, a cache-sized slice of rows at a time (adopted);
 - `shapes`: the last layer and the head's last slice on exactly the labelled positions'
   count, or on that count rounded up (`training.ROW_QUANTUM`, `fused_loss.PAD_ROWS`; adopted):
-  oneDNN JIT-compiles a bf16 matmul kernel for every new shape.
+  oneDNN JIT-compiles a bf16 matmul kernel for every new shape;
+- `rms-norm`: the decoder's RMSNorms as one autograd expression (fp32 out, cast by the
+  next matmul) or `training._RMSNorm` (fewer passes, a closed-form backward, the output in
+  the matmul's dtype).
 
 Each run trains on batches of its own shuffle (as each real epoch does), so that no run
 replays matmul shapes an earlier run of the process has compiled.
@@ -101,6 +104,13 @@ def unfused_cross_entropy(
     return F.cross_entropy(F.linear(x, weight).float(), targets, reduction=reduction)
 
 
+def autograd_rms_norm(
+    x: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The RMSNorm as one autograd expression, as before `training._RMSNorm` (x's dtype out)."""
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+
+
 @contextlib.contextmanager
 def attention_as(name: str) -> Iterator[None]:
     """Models switched to `attention.ATTENTION` attend with transformers' `name` attention
@@ -144,6 +154,10 @@ COMPARISONS: dict[str, dict[str, Variant]] = {
             (training, "ROW_QUANTUM", 1), (fused_loss, "PAD_ROWS", 1)
         ),
         "row counts rounded up": contextlib.nullcontext,
+    },
+    "rms-norm": {
+        "autograd expression": lambda: patched(training, "_rms_norm", autograd_rms_norm),
+        "training._RMSNorm": contextlib.nullcontext,
     },
     "t5-attention": {
         "sdpa": lambda: attention_as("sdpa"),

@@ -589,9 +589,52 @@ def _hooks(module: torch.nn.Module, inputs: tuple, output):
     return output
 
 
-def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-    """LlamaRMSNorm on an fp32 input (the residual stream is fp32, also under autocast)."""
-    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+class _RMSNorm(torch.autograd.Function):
+    """LlamaRMSNorm, `weight * (x * rsqrt(mean(x**2) + eps))`, in fewer passes over x.
+
+    Autograd's graph of the expression makes about eleven passes over a tensor of x's size in
+    the backward (each elementwise op's own, the mean's expansion, the sum of the two paths
+    into x) and five in the forward with the cast a bf16 matmul then makes of the result;
+    this makes three and seven: the sum of squares in one reduction, the output written in
+    `dtype` directly (bf16 where it feeds an autocast matmul, which then casts nothing), and
+    the backward in closed form, gx = r * (gy*w - xhat * mean(gy*w * xhat))."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, dtype: torch.dtype):
+        d = x.shape[-1]
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
+        xhat = x * r
+        ctx.save_for_backward(xhat, r, weight)
+        return torch.mul(xhat, weight, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, r, weight = ctx.saved_tensors
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = (grad * xhat).flatten(0, -2).sum(0).to(weight.dtype)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gxhat = grad * weight  # fp32
+            dot = (gxhat * xhat).sum(-1, keepdim=True).div_(xhat.shape[-1])
+            gx = torch.addcmul(gxhat, xhat, dot, value=-1).mul_(r)
+        return gx, gw, None, None
+
+
+def _rms_norm(
+    x: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """LlamaRMSNorm on an fp32 input (the residual stream is fp32, also under autocast),
+    computed in fp32 and returned in `dtype` (default x's): `_RMSNorm`."""
+    return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon, dtype or x.dtype)
+
+
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an autocast matmul would cast x to (x's own outside autocast)."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def _llama_hidden(
@@ -632,11 +675,12 @@ def _llama_hidden(
             causal = causal[:, None].expand(batch, heads, length, length).flatten(0, 1)
 
     h = _hooks(inner.embed_tokens, (input_ids,), inner.embed_tokens(input_ids))
+    into = _matmul_dtype(h)  # the norms' outputs feed matmuls only
     layers = inner.layers[: c.num_hidden_layers]
     for i, layer in enumerate(layers):
         attn, mlp = layer.self_attn, layer.mlp
         last = selected is not None and i == len(layers) - 1
-        x = _rms_norm(h, layer.input_layernorm)
+        x = _rms_norm(h, layer.input_layernorm, into)
         w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
         # split/unbind, not indexing: their backward joins the pieces' gradients in one pass,
         # where each index's backward fills a zero tensor of the whole and adds them up
@@ -660,7 +704,7 @@ def _llama_hidden(
             out = out.reshape(batch, length, -1)
         out = F.linear(out, attn.o_proj.weight)
         h = h + _hooks(attn, (x,), (out, None))[0]
-        x = _rms_norm(h, layer.post_attention_layernorm)
+        x = _rms_norm(h, layer.post_attention_layernorm, into)
         gate, up = F.linear(x, torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))).chunk(2, -1)
         out = F.linear(F.silu(gate) * up, mlp.down_proj.weight)
         h = h + _hooks(mlp, (x,), out)

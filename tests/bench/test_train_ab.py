@@ -14,6 +14,7 @@ import torch
         ("dropout", "regularization", "dropout"),
         ("softmax", "training", "softmax"),
         ("head-loss", "training", "linear_cross_entropy"),
+        ("rms-norm", "training", "_rms_norm"),
     ],
 )
 def test_variants_alternate_and_the_defaults_are_restored(

@@ -774,3 +774,78 @@ def test_the_last_layer_runs_on_row_counts_that_repeat(matmul_rows) -> None:
         shapes.append(sorted(rows))
         torch.testing.assert_close(loss, reference_loss(model, b), rtol=1e-5, atol=1e-6)
     assert shapes[0] == shapes[1]
+
+
+class _Norm(torch.nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight)
+        self.variance_epsilon = 1e-5
+
+
+def _norm_expression(x: torch.Tensor, norm: _Norm) -> torch.Tensor:
+    """LlamaRMSNorm's own formula, through autograd."""
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+
+
+def test_rms_norm_backward_is_the_formulas_gradient() -> None:
+    """`_RMSNorm`'s closed-form backward: exact in float64 (gradcheck), and in fp32 the
+    expression's forward and gradients to rounding."""
+    torch.manual_seed(0)
+    x64 = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    norm64 = _Norm(torch.randn(8, dtype=torch.float64))
+    assert torch.autograd.gradcheck(
+        lambda x, w: training._RMSNorm.apply(x, w, 1e-5, torch.float64), (x64, norm64.weight)
+    )
+    x = torch.randn(4, 20, 128, requires_grad=True)
+    norm = _Norm(1 + 0.1 * torch.randn(128))
+    grad = torch.randn(4, 20, 128)
+    ours, theirs = training._rms_norm(x, norm), _norm_expression(x, norm)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, norm.weight), grad),
+        torch.autograd.grad(theirs, (x, norm.weight), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_writes_the_matmul_dtype_and_takes_its_gradient() -> None:
+    """Asked for bf16 (what an autocast matmul casts its input to), the norm returns the fp32
+    result rounded to bf16, and its gradient wrt the fp32 input is the expression's for the
+    same bf16 output gradient."""
+    torch.manual_seed(1)
+    x = torch.randn(4, 20, 128, requires_grad=True)
+    norm = _Norm(1 + 0.1 * torch.randn(128))
+    grad = torch.randn(4, 20, 128).to(torch.bfloat16)
+    ours = training._rms_norm(x, norm, torch.bfloat16)
+    theirs = _norm_expression(x, norm).to(torch.bfloat16)
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=8e-3, atol=1e-6)
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, norm.weight), grad),
+        torch.autograd.grad(theirs, (x, norm.weight), grad),
+        strict=True,
+    ):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert training._matmul_dtype(x) == torch.bfloat16
+    assert training._matmul_dtype(x) == torch.float32
+
+
+def test_rms_norm_gradient_is_the_same_on_one_and_two_threads() -> None:
+    """At a training batch's size (the weight's gradient sums 5,120 rows): the same bits on
+    one and two threads, as `train.concurrent` needs."""
+    torch.manual_seed(2)
+    x = torch.randn(64, 80, 128, requires_grad=True)
+    norm = _Norm(1 + 0.1 * torch.randn(128))
+    grad = torch.randn(64, 80, 128).to(torch.bfloat16)
+
+    def gradients():
+        out = training._rms_norm(x, norm, torch.bfloat16)
+        return [g.clone() for g in torch.autograd.grad(out, (x, norm.weight), grad)]
+
+    one, two = (_on_threads(t, gradients) for t in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
