@@ -26,9 +26,6 @@ clock). Comparisons:
 - `shapes`: the last layer and the head's last slice on exactly the labelled positions'
   count, or on that count rounded up (`training.ROW_QUANTUM`, `fused_loss.PAD_ROWS`; adopted):
   oneDNN JIT-compiles a bf16 matmul kernel for every new shape;
-- `attention-dtype`: the attention probabilities in fp32 (the softmax of bf16 scores under
-  autocast, then cast for the product with the values) or in the scores' dtype
-  (`attention.softmax`, bf16 under autocast);
 - `rms-norm`: the decoder's RMSNorms as one autograd expression (fp32 out, cast by the
   next matmul) or `training._RMSNorm` (fewer passes, a closed-form backward, the output in
   the matmul's dtype).
@@ -107,11 +104,6 @@ def unfused_cross_entropy(
     return F.cross_entropy(F.linear(x, weight).float(), targets, reduction=reduction)
 
 
-def fp32_softmax(x: torch.Tensor) -> torch.Tensor:
-    """`attention.softmax` as autocast ran it before: in fp32, whatever the scores' dtype."""
-    return attention.softmax(x.float())
-
-
 def autograd_rms_norm(
     x: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -162,10 +154,6 @@ COMPARISONS: dict[str, dict[str, Variant]] = {
             (training, "ROW_QUANTUM", 1), (fused_loss, "PAD_ROWS", 1)
         ),
         "row counts rounded up": contextlib.nullcontext,
-    },
-    "attention-dtype": {
-        "fp32 probabilities": lambda: patched(training, "softmax", fp32_softmax),
-        "probabilities in the scores' dtype": contextlib.nullcontext,
     },
     "rms-norm": {
         "autograd expression": lambda: patched(training, "_rms_norm", autograd_rms_norm),

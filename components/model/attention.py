@@ -25,17 +25,11 @@ ATTENTION = "siit_thread_invariant"
 class _Softmax(torch.autograd.Function):
     """Softmax over the last dimension whose backward gives the same bits on any number of
     threads: ATen's forward; the backward, `y * (g - sum(g * y))`, reduces each row on its
-    own.
-
-    In x's dtype, also under autocast (which would run it in fp32): for bf16 scores ATen
-    computes each row in fp32 and rounds the probabilities to bf16, as transformers' eager
-    attention does (`softmax(..., dtype=float32).to(query.dtype)`), so the probabilities, their
-    dropout and the product with the values stay bf16 with no casts in between (issue 11)."""
+    own."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            y = torch.softmax(x, -1)
+        y = torch.softmax(x, -1)
         ctx.save_for_backward(y)
         return y
 
@@ -47,8 +41,7 @@ class _Softmax(torch.autograd.Function):
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension in x's dtype, thread-count invariant in its gradient
-    (`_Softmax`)."""
+    """Softmax over the last dimension, thread-count invariant in its gradient (`_Softmax`)."""
     return _Softmax.apply(x)
 
 

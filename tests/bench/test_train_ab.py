@@ -15,7 +15,6 @@ import torch
         ("softmax", "training", "softmax"),
         ("head-loss", "training", "linear_cross_entropy"),
         ("rms-norm", "training", "_rms_norm"),
-        ("attention-dtype", "training", "softmax"),
     ],
 )
 def test_variants_alternate_and_the_defaults_are_restored(

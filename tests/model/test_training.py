@@ -730,31 +730,6 @@ def test_softmax_gradient_is_the_same_on_any_number_of_threads() -> None:
     assert torch.equal(ours[0][1], ours[1][1])
 
 
-def test_softmax_of_bf16_scores_stays_bf16_under_autocast() -> None:
-    """Under autocast (which would run a softmax in fp32) the attention probabilities of bf16
-    scores are the fp32 softmax rounded to bf16, and their gradient is the fp32 path's to
-    bf16 rounding, on one and two threads alike."""
-    torch.manual_seed(0)
-    scores = torch.randn(16, 47, 47).masked_fill(
-        torch.ones(47, 47, dtype=torch.bool).triu(1), -torch.inf
-    )
-    grad = torch.randn(16, 47, 47)
-
-    def gradient(dtype):
-        x = scores.to(dtype).requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = training.softmax(x)
-        y.backward(grad.to(y.dtype))
-        return y.detach(), x.grad
-
-    (y16, g16), (y16b, g16b) = (_on_threads(t, lambda: gradient(torch.bfloat16)) for t in (1, 2))
-    y32, g32 = gradient(torch.float32)
-    assert y16.dtype == g16.dtype == torch.bfloat16 and y32.dtype == torch.float32
-    assert torch.equal(y16, torch.softmax(scores.to(torch.bfloat16).float(), -1).to(torch.bfloat16))
-    torch.testing.assert_close(g16.float(), g32, rtol=0.05, atol=0.02)
-    assert torch.equal(y16, y16b) and torch.equal(g16, g16b)
-
-
 def test_training_gradients_are_the_same_on_one_and_two_threads() -> None:
     """`train.concurrent` trains each model on a share of the threads (and hands a finished
     model's threads to the other): the gradients, and so the models, must not depend on it."""
