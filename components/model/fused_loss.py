@@ -29,7 +29,8 @@ CHUNK_ROWS = 256  # rows of logits per slice: 256 x ~4k fp32 is about one core's
 PAD_ROWS = 32  # a shorter last slice is padded to a multiple of this: its matmuls' shapes repeat
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of x runs in: autocast's where it is on (CPU or CUDA), else x's."""
     device = x.device.type
     if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
@@ -99,5 +100,5 @@ def linear_cross_entropy(
     grad_mode = torch.is_grad_enabled()
     need_x, need_w = grad_mode and x.requires_grad, grad_mode and weight.requires_grad
     scale = 1.0 / n if reduction == "mean" else 1.0
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     return _LinearCrossEntropy.apply(x, weight, targets, scale, dtype, need_x, need_w)

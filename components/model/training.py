@@ -51,7 +51,7 @@ from components.model.decoding import (
     is_encoder_decoder,
     scores_item_rows,
 )
-from components.model.fused_loss import linear_cross_entropy
+from components.model.fused_loss import compute_dtype, linear_cross_entropy
 from components.model.head import ItemRows, item_rows, output_weight
 from components.model.prompts import IGNORE, Example, PromptBuilder
 from components.model.regularization import keep_mask
@@ -629,14 +629,6 @@ def _rms_norm(
     return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon, dtype or x.dtype)
 
 
-def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype an autocast matmul would cast x to (x's own outside autocast)."""
-    device = x.device.type
-    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
-
-
 def _llama_hidden(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -675,7 +667,7 @@ def _llama_hidden(
             causal = causal[:, None].expand(batch, heads, length, length).flatten(0, 1)
 
     h = _hooks(inner.embed_tokens, (input_ids,), inner.embed_tokens(input_ids))
-    into = _matmul_dtype(h)  # the norms' outputs feed matmuls only
+    into = compute_dtype(h)  # the norms' outputs feed matmuls only
     layers = inner.layers[: c.num_hidden_layers]
     for i, layer in enumerate(layers):
         attn, mlp = layer.self_attn, layer.mlp

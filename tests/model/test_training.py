@@ -831,8 +831,8 @@ def test_rms_norm_writes_the_matmul_dtype_and_takes_its_gradient() -> None:
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert training._matmul_dtype(x) == torch.bfloat16
-    assert training._matmul_dtype(x) == torch.float32
+        assert training.compute_dtype(x) == torch.bfloat16
+    assert training.compute_dtype(x) == torch.float32
 
 
 def test_rms_norm_gradient_is_the_same_on_one_and_two_threads() -> None:
