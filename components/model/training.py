@@ -610,12 +610,13 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         xhat, r, weight = ctx.saved_tensors
+        grad = grad.float()  # once, not inside each mixed-dtype product (the same values)
         gw = None
         if ctx.needs_input_grad[1]:
             gw = (grad * xhat).flatten(0, -2).sum(0).to(weight.dtype)
         gx = None
         if ctx.needs_input_grad[0]:
-            gxhat = grad * weight  # fp32
+            gxhat = grad * weight
             dot = (gxhat * xhat).sum(-1, keepdim=True).div_(xhat.shape[-1])
             gx = torch.addcmul(gxhat, xhat, dot, value=-1).mul_(r)
         return gx, gw, None, None
