@@ -28,7 +28,10 @@ clock). Comparisons:
   oneDNN JIT-compiles a bf16 matmul kernel for every new shape;
 - `rms-norm`: the decoder's RMSNorms as one autograd expression (fp32 out, cast by the
   next matmul) or `training._RMSNorm` (fewer passes, a closed-form backward, the output in
-  the matmul's dtype).
+  the matmul's dtype);
+- `swiglu`: the MLP's `silu(gate) * up` as one autograd expression (its `chunk` backward
+  copies the two halves' gradients into a new tensor) or `training._SwiGLU` (each half's
+  gradient written into its place in one tensor; the same bits).
 
 Each run trains on batches of its own shuffle (as each real epoch does), so that no run
 replays matmul shapes an earlier run of the process has compiled.
@@ -111,6 +114,12 @@ def autograd_rms_norm(
     return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
 
 
+def autograd_swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """The MLP's activation as one autograd expression, as before `training._SwiGLU`."""
+    gate, up = gate_up.chunk(2, -1)
+    return F.silu(gate) * up
+
+
 @contextlib.contextmanager
 def attention_as(name: str) -> Iterator[None]:
     """Models switched to `attention.ATTENTION` attend with transformers' `name` attention
@@ -158,6 +167,10 @@ COMPARISONS: dict[str, dict[str, Variant]] = {
     "rms-norm": {
         "autograd expression": lambda: patched(training, "_rms_norm", autograd_rms_norm),
         "training._RMSNorm": contextlib.nullcontext,
+    },
+    "swiglu": {
+        "autograd expression": lambda: patched(training, "_swiglu", autograd_swiglu),
+        "training._SwiGLU": contextlib.nullcontext,
     },
     "t5-attention": {
         "sdpa": lambda: attention_as("sdpa"),
