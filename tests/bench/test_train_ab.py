@@ -15,6 +15,7 @@ import torch
         ("softmax", "training", "softmax"),
         ("head-loss", "training", "linear_cross_entropy"),
         ("rms-norm", "training", "_rms_norm"),
+        ("swiglu", "training", "_swiglu"),
     ],
 )
 def test_variants_alternate_and_the_defaults_are_restored(
