@@ -45,16 +45,11 @@ from components.model.decoding import (  # noqa: E402
     scores_item_rows,
 )
 from components.model.recommender import GenerativeRecommender  # noqa: E402
+from components.tokenizers.random_ids import random_codes  # noqa: E402
 
 LEVELS = 3
 HISTORY = 20
 SHARPEN = 20.0
-
-
-def random_codes(n_items: int, codebook: int, seed: int) -> np.ndarray:
-    """Unique random identifiers int [n_items, LEVELS]."""
-    flat = np.random.default_rng(seed).choice(codebook**LEVELS, n_items, replace=False)
-    return np.stack([flat // codebook ** (LEVELS - 1 - lvl) % codebook for lvl in range(LEVELS)], 1)
 
 
 def build_model(
@@ -191,7 +186,7 @@ def bench_catalogue(
     args: argparse.Namespace, cfg: ModelConfig, n_items: int, device: torch.device
 ) -> dict:
     rec = build_model(cfg, args.codebook, device, args.seed, n_items)
-    codes = random_codes(n_items, args.codebook, args.seed)
+    codes = random_codes(n_items, LEVELS, args.codebook, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     prompts_of = rec.prompt_builder(codes)
     histories = [rng.choice(n_items, HISTORY, replace=False) for _ in range(args.users)]

@@ -44,7 +44,7 @@ def test_rescored_decoder_ranks_as_evaluation_does(decode) -> None:
     order only by the item rows' re-ranking of the same shortlist."""
     cfg = decode.load_params(decode.ROOT / "params.yaml").model
     rec = decode.build_model(cfg, 8, torch.device("cpu"), 0, 300)
-    codes = decode.random_codes(300, 8, 0)
+    codes = decode.random_codes(300, decode.LEVELS, 8, 0)
     builder = rec.prompt_builder(codes)
     prompts = [builder.seqrec_prompt(torch.arange(u, u + 20).numpy()) for u in range(4)]
     beam = decode.trie_decoder(rec, codes, 20, 20)(prompts)[0]
