@@ -39,6 +39,7 @@ def anchors(text: str) -> set[str]:
 
 def broken_links(page: Path) -> list[str]:
     broken = []
+    headings: dict[Path, set[str]] = {}  # each linked page's anchors, read once
     for link in LINK.findall(page.read_text()):
         if link.startswith(("http://", "https://", "mailto:")):
             continue
@@ -46,8 +47,11 @@ def broken_links(page: Path) -> list[str]:
         target = page.parent / path if path else page
         if not target.exists():
             broken.append(f"{link} (no such file)")
-        elif fragment and target.suffix == ".md" and fragment not in anchors(target.read_text()):
-            broken.append(f"{link} (no such heading in {target.name})")
+        elif fragment and target.suffix == ".md":
+            if target not in headings:
+                headings[target] = anchors(target.read_text())
+            if fragment not in headings[target]:
+                broken.append(f"{link} (no such heading in {target.name})")
     return broken
 
 
@@ -56,7 +60,8 @@ PAGES = sorted([*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("bench/*
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_relative_links_resolve(page: Path) -> None:
-    assert not broken_links(page), f"{page.relative_to(ROOT)}: {broken_links(page)}"
+    broken = broken_links(page)
+    assert not broken, f"{page.relative_to(ROOT)}: {broken}"
 
 
 def test_the_checker_finds_a_missing_file_and_a_missing_heading(tmp_path: Path) -> None:
