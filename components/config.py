@@ -325,6 +325,13 @@ class SiitConfig(Strict):
     )
     context_weight: float = Field(0.5, ge=0, le=1, description="weight of context when mixed")
     contexts_per_item: int = Field(4, ge=1, description="training histories scored per item")
+    contexts_from: Literal["trained", "held_out"] = Field(
+        "trained",
+        description="context/mixed: which histories score an item. trained: those the model "
+        "trains on (it has learnt the current identifier there); held_out: those before the "
+        "items train.hold_out_last keeps out of training (the model never saw them lead to the "
+        "item: cross-fitted), and only items with such a history may move",
+    )
     row_pool: int = Field(
         8192,
         ge=1,
@@ -481,6 +488,15 @@ class Params(Strict):
                 "task that the text signal reads: it needs siit.signal text or mixed and "
                 f"train.tasks.item2id > 0 (signal {self.siit.signal!r}, item2id "
                 f"{self.train.tasks.item2id})"
+            )
+        if self.siit.contexts_from == "held_out" and (
+            self.siit.signal not in ("context", "mixed") or self.train.hold_out_last <= 0
+        ):
+            raise ValueError(
+                "siit.contexts_from held_out scores items on the histories before the training "
+                "items train.hold_out_last keeps out of training: it needs siit.signal context "
+                f"or mixed and train.hold_out_last > 0 (signal {self.siit.signal!r}, "
+                f"hold_out_last {self.train.hold_out_last})"
             )
         if self.siit.fixed_levels >= self.tokenize.levels:
             raise ValueError(

@@ -40,6 +40,7 @@ from components.siit.fingerprint import combine, run_fingerprints
 from components.siit.refine import (
     background_histories,
     expected_contexts,
+    held_out_contexts,
     refine_identifiers,
     text_holdout,
     training_contexts,
@@ -182,7 +183,7 @@ def refine_task(
     session: TrainingSession, params: Params, round_index: int
 ) -> tuple[np.ndarray, dict]:
     seed = params.train.seed * 100 + round_index
-    contexts = background = None
+    contexts = background = movable = None
     train = session.train_sequences  # training targets only (train.hold_out_last too)
     max_history = session.dataset.max_history
     if params.siit.signal == "rows":
@@ -195,10 +196,21 @@ def refine_task(
             params.siit.row_pool,
             seed=seed,
         )
+    elif params.siit.contexts_from == "held_out":  # context/mixed, cross-fitted
+        contexts = held_out_contexts(
+            session.dataset.train_sequences(),
+            train,
+            session.dataset.n_items,
+            max_history,
+            params.siit.contexts_per_item,
+            seed=seed,
+        )
+        movable = np.array([len(c) > 0 for c in contexts])
     elif params.siit.signal != "text":
         contexts = training_contexts(
             train, session.dataset.n_items, max_history, params.siit.contexts_per_item, seed=seed
         )
+    if params.siit.signal in ("context", "mixed"):
         background = background_histories(
             train, max_history, params.siit.background_contexts, seed=seed + 1
         )
@@ -210,8 +222,13 @@ def refine_task(
         seed=seed,
         contexts=contexts,
         background=background,
-        movable=session.item2id_holdout,
+        movable=_both(movable, session.item2id_holdout),
     )
+
+
+def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Items movable under both masks (None: every item)."""
+    return b if a is None else a if b is None else a & b
 
 
 @task(name="seqrec-loss", cache_policy=NO_CACHE)

@@ -42,6 +42,16 @@ def test_epochs_must_split_into_rounds(tmp_path: Path) -> None:
             "model:\n  code_softmax: true\n",
             "id2item",
         ),
+        (  # held-out histories exist only with items held out of training
+            "siit:\n  signal: context\n  contexts_from: held_out\ntrain:\n  hold_out_last: 0\n",
+            "siit:\n  signal: context\n  contexts_from: held_out\ntrain:\n  hold_out_last: 1\n",
+            "hold_out_last > 0",
+        ),
+        (  # and only the context signals read histories
+            "siit:\n  contexts_from: held_out\n",
+            "siit:\n  signal: mixed\n  contexts_from: held_out\n",
+            "siit.signal context",
+        ),
     ],
 )
 def test_settings_that_need_each_other(

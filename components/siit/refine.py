@@ -5,6 +5,9 @@ Signals (`siit.signal`):
 - context: the training histories whose next item it is; an identifier's score is its mean
   log-probability as the next item over up to `contexts_per_item` of them (the model's
   collaborative view; hard-EM on the map). Items with no training occurrence use text;
+  with `contexts_from: held_out` the histories are those before the training items the
+  model was not trained on (`held_out_contexts`): its generalisation, cross-fitted, and
+  only items that have such a history may move;
 - mixed: `context_weight` x context + (1 - context_weight) x text;
 - rows (the tiny Llama with item input rows): the context score over the training histories
   after which the model's item rows (SASRec's view, `train.item_loss`) expect the item most,
@@ -58,16 +61,18 @@ def load_penalty(usage: np.ndarray, assigned: int, strength: float) -> np.ndarra
 
 
 def _next_item_positions(
-    train_sequences: list[np.ndarray],
+    train_sequences: list[np.ndarray], first: list[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every training next-item position, user by user: (user, position, target) arrays."""
+    """Every training next-item position, user by user: (user, position, target) arrays.
+    first: per user, the first position that counts (default 1: every item after the first)."""
     empty = np.zeros(0, dtype=np.int64)  # so that no training position gives empty arrays
     users, positions, targets = [empty], [empty], [empty]
     for u, seq in enumerate(train_sequences):
-        if len(seq) > 1:
-            users.append(np.full(len(seq) - 1, u))
-            positions.append(np.arange(1, len(seq)))
-            targets.append(np.asarray(seq[1:], dtype=np.int64))
+        start = max(1, first[u]) if first is not None else 1
+        if len(seq) > start:
+            users.append(np.full(len(seq) - start, u))
+            positions.append(np.arange(start, len(seq)))
+            targets.append(np.asarray(seq[start:], dtype=np.int64))
     return tuple(map(np.concatenate, (users, positions, targets)))
 
 
@@ -77,12 +82,18 @@ def _history(seq: np.ndarray, position: int, max_history: int) -> np.ndarray:
 
 
 def training_contexts(
-    train_sequences: list[np.ndarray], n_items: int, max_history: int, per_item: int, seed: int
+    train_sequences: list[np.ndarray],
+    n_items: int,
+    max_history: int,
+    per_item: int,
+    seed: int,
+    first: list[int] | None = None,
 ) -> list[list[np.ndarray]]:
     """For every item, up to `per_item` training histories (at most `max_history` items, the
     most recent last) whose next item it is, sampled without replacement. Training split only:
-    the sequences passed in must not hold validation or test targets."""
-    users, positions, targets = _next_item_positions(train_sequences)
+    the sequences passed in must not hold validation or test targets. first: per user, the
+    first position whose item counts as a next item (`held_out_contexts`)."""
+    users, positions, targets = _next_item_positions(train_sequences, first)
     out: list[list[np.ndarray]] = [[] for _ in range(n_items)]
     if not len(targets):
         return out
@@ -96,6 +107,25 @@ def training_contexts(
         for o in occ:
             out[item].append(_history(train_sequences[users[o]], positions[o], max_history))
     return out
+
+
+def held_out_contexts(
+    train_sequences: list[np.ndarray],
+    trained: list[np.ndarray],
+    n_items: int,
+    max_history: int,
+    per_item: int,
+    seed: int,
+) -> list[list[np.ndarray]]:
+    """`siit.contexts_from: held_out`: for every item, up to `per_item` of the histories before
+    the training items the model was not trained on (`train.hold_out_last`: each user's last
+    n training items, no target and no context in training), whose next item it is.
+    train_sequences: every user's whole training part (validation and test targets excluded);
+    trained: the part the model trains on (a prefix of each). The model never saw these
+    (history, next item) pairs, so what it predicts there is its generalisation, not its
+    memory of the current map; items none of them precede get no history."""
+    first = [len(t) for t in trained]
+    return training_contexts(train_sequences, n_items, max_history, per_item, seed, first=first)
 
 
 def background_histories(

@@ -185,3 +185,42 @@ def test_text_holdout_moves_only_each_rounds_fold(
     assert moved_any
     rounds = pl.read_csv(tmp_path / "h/reports/rounds.csv")
     assert rounds.filter(pl.col("churn").is_not_null()).height == 2
+
+
+def test_held_out_contexts_move_only_items_with_a_held_out_history(
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`siit.contexts_from: held_out`: the context signal scores items on the histories before
+    the training items `train.hold_out_last` keeps out of training, so only items that follow
+    such a history may move (here onto free identifiers, with no minimum gain), and every map
+    stays a bijection."""
+    from components.data.dataset import Dataset
+    from components.paths import Paths
+
+    root, env = prepared
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["train"].update({"threads": 1, "hold_out_last": 1})
+    params["siit"].update(
+        {"contexts_from": "held_out", "free_candidates": True, "min_gain": 0.0, "min_churn": 0.0}
+    )
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _train(src, tmp_path / "c", env)
+    dataset = Dataset.read(Paths(src).processed)
+    # each user's last training item (validation and test targets are the two after it)
+    held = np.zeros(dataset.n_items, dtype=bool)
+    held[[seq[-3] for seq in dataset.sequences if len(seq) >= 4]] = True
+    assert 0 < held.sum() < dataset.n_items
+    maps = [
+        pl.read_parquet(p).select("c0", "c1", "c2").to_numpy()
+        for p in sorted((tmp_path / "c/artifacts/token_maps").glob("*.parquet"))
+    ]
+    assert len(maps) == 3
+    moved_any = False
+    for r in range(2):
+        moved = ~(maps[r + 1] == maps[r]).all(axis=1)
+        assert not (moved & ~held).any(), f"round {r} moved an item with no held-out history"
+        assert len({tuple(c) for c in maps[r + 1]}) == len(maps[r + 1])
+        moved_any |= bool(moved.any())
+    assert moved_any

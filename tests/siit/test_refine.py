@@ -12,6 +12,7 @@ from components.config import ModelConfig, SiitConfig
 from components.model.recommender import GenerativeRecommender
 from components.siit.refine import (
     background_histories,
+    held_out_contexts,
     load_penalty,
     propose_identifiers,
     refine_identifiers,
@@ -201,6 +202,21 @@ def test_training_contexts_use_the_most_recent_history_and_at_most_per_item() ->
     assert {tuple(c) for c in contexts[1]} <= {(0,), (2, 3), (4,), (2,)}
     assert contexts[0] == []
     assert [c.tolist() for c in contexts[3]] == [[1, 2]]
+
+
+def test_held_out_contexts_are_the_histories_the_model_did_not_train_on() -> None:
+    """Only the positions after each user's trained part count, with their whole history (the
+    trained items before them included, up to max_history)."""
+    whole = [np.array([0, 1, 2, 3, 1]), np.array([4, 1]), np.array([2]), np.array([3, 4, 0])]
+    trained = [seq[: max(len(seq) - 2, 0)] for seq in whole]  # hold_out_last: 2
+    contexts = held_out_contexts(whole, trained, 5, max_history=2, per_item=4, seed=0)
+    as_lists = [sorted(c.tolist() for c in ctx) for ctx in contexts]
+    # user 0: 3 after [1, 2], 1 after [2, 3]; user 1: its first item has no history, 1 after
+    # [4]; user 2: nothing; user 3: 4 after [3], 0 after [3, 4]
+    assert as_lists == [[[3, 4]], [[2, 3], [4]], [], [[1, 2]], [[3]]]
+    # a position the model trained on never counts: the whole sequences' own contexts differ
+    every = training_contexts(whole, 5, max_history=2, per_item=4, seed=0)
+    assert sorted(c.tolist() for c in every[1]) == [[0], [2, 3], [4]]
 
 
 def test_background_histories_remove_what_every_history_predicts(
