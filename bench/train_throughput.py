@@ -138,8 +138,10 @@ def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig, first_epoch
 
 def _make_trainer(rec: GenerativeRecommender, cfg: TrainConfig, steps: int, precision: str):
     if precision.startswith("reference"):  # another version's Trainer
-        # "reference fp32": one from before the Trainer had a precision
-        own = {} if precision == "reference fp32" else {"precision": precision.split()[1]}
+        # one from before the Trainer had a precision takes none (and trains in fp32); the
+        # label alone cannot tell it from one that takes fp32 on a CPU without bf16
+        takes = "precision" in inspect.signature(REFERENCE.Trainer).parameters
+        own = {"precision": precision.split()[1]} if takes else {}
         return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, **own)
     return Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, precision=precision)
 
