@@ -136,12 +136,16 @@ def _batches(rec: GenerativeRecommender, examples, cfg: TrainConfig, first_epoch
     )
 
 
+def _reference_takes_precision() -> bool:
+    """Whether the reference's Trainer takes a precision: one from before bf16 takes none and
+    trains in fp32 (its label, "reference fp32", is then also that of one that takes fp32 on a
+    CPU without bf16, so the label cannot tell the two apart)."""
+    return "precision" in inspect.signature(REFERENCE.Trainer).parameters
+
+
 def _make_trainer(rec: GenerativeRecommender, cfg: TrainConfig, steps: int, precision: str):
     if precision.startswith("reference"):  # another version's Trainer
-        # one from before the Trainer had a precision takes none (and trains in fp32); the
-        # label alone cannot tell it from one that takes fp32 on a CPU without bf16
-        takes = "precision" in inspect.signature(REFERENCE.Trainer).parameters
-        own = {"precision": precision.split()[1]} if takes else {}
+        own = {"precision": precision.split()[1]} if _reference_takes_precision() else {}
         return REFERENCE.Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, **own)
     return Trainer(rec.model, cfg, steps_per_epoch=steps, total_epochs=1, precision=precision)
 
@@ -294,8 +298,8 @@ def bench(
     if ours_precision != default:
         runs.append(("siit Trainer", ours, default))
     if REFERENCE is not None:
-        takes = "precision" in inspect.signature(REFERENCE.Trainer).parameters
-        runs.append(("reference Trainer", ours, f"reference {ours_precision if takes else 'fp32'}"))
+        label = ours_precision if _reference_takes_precision() else "fp32"
+        runs.append(("reference Trainer", ours, f"reference {label}"))
     runs.append(("transformers Trainer", transformers_trainer, default))
     if ours_precision != default:
         runs.append(("transformers Trainer", transformers_trainer, ours_precision))
