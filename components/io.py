@@ -104,6 +104,12 @@ def atomic_write_parquet(
         pq.write_table(table, tmp)
 
 
+def atomic_write_csv(df: pl.DataFrame, path: str | Path) -> None:
+    """Write `df` as CSV (header, comma-separated) atomically."""
+    with _temp_sibling(Path(path)) as tmp:
+        df.write_csv(tmp)
+
+
 def read_parquet_metadata(path: str | Path) -> dict[str, str]:
     """Key-value metadata of a Parquet file (without the Arrow schema entry pyarrow adds)."""
     raw = pq.read_schema(path).metadata or {}

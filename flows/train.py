@@ -29,7 +29,7 @@ from components import tracking
 from components.config import Params, TrainConfig, load_params
 from components.data import Dataset
 from components.evaluation import recommendations_frame
-from components.io import atomic_dir, atomic_write_json, atomic_write_parquet
+from components.io import atomic_dir, atomic_write_csv, atomic_write_json, atomic_write_parquet
 from components.metrics import cross_fitted_metrics, target_ranks
 from components.model import distributed
 from components.model.recommender import GenerativeRecommender, pick_device
@@ -592,6 +592,8 @@ def _flat_row(r: int, row: dict) -> dict:
             churn=stats["churn"],
             collision_rate_before=stats["collision_rate_before"],
             distinct_prefixes_l1=stats["distinct_prefixes"][0],
+            # the share of the items that could move (a mask: text_holdout, held-out contexts)
+            **({"movable": stats["movable"]} if "movable" in stats else {}),
             **{f"entropy_l{i}": h for i, h in enumerate(stats["entropy_bits"])},
             **{f"effect_{k}": v for k, v in row["effect"].items()},
         )
@@ -652,9 +654,8 @@ def _finish(
         "start": scalars_of(start),
     }
     atomic_write_json(paths.model_report(mode), report)
-    rows = pl.DataFrame(state.history)
     paths.rounds_csv(mode).parent.mkdir(parents=True, exist_ok=True)
-    rows.write_csv(paths.rounds_csv(mode))
+    atomic_write_csv(pl.DataFrame(state.history), paths.rounds_csv(mode))
     recs = recommendations_frame(mode, dataset.eval_split("test"), ranked, dataset.item_ids())
     atomic_write_parquet(recs, paths.model_recommendations(mode))
     atomic_write_parquet(

@@ -11,6 +11,7 @@ import pytest
 from components.io import (
     atomic_dir,
     atomic_write_bytes,
+    atomic_write_csv,
     atomic_write_json,
     atomic_write_parquet,
     atomic_write_text,
@@ -59,6 +60,17 @@ def test_parquet_roundtrip_with_metadata(tmp_path: Path) -> None:
     assert read_parquet_metadata(target) == {"round": "3", "tokenizer": "rqvae"}
     atomic_write_parquet(df, tmp_path / "plain.parquet")
     assert read_parquet_metadata(tmp_path / "plain.parquet") == {}
+
+
+def test_csv_roundtrip_and_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "rounds.csv"
+    df = pl.DataFrame({"round": [0, 1], "churn": [0.25, None]})
+    atomic_write_csv(df, target)
+    assert pl.read_csv(target).equals(df)
+    with pytest.raises(pl.exceptions.PolarsError):  # an object column has no CSV form
+        atomic_write_csv(pl.DataFrame({"o": [object()]}, schema={"o": pl.Object}), target)
+    assert pl.read_csv(target).equals(df)
+    assert _leftovers(tmp_path) == []
 
 
 def test_atomic_dir_replaces_old_tree(tmp_path: Path) -> None:

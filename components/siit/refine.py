@@ -340,6 +340,6 @@ def refine_identifiers(
             "items_with_context": float(has_context.mean()) if cfg.signal != "text" else 0.0,
         }
     )
-    if movable is not None:  # siit.text_holdout: the share of the items that could move
+    if movable is not None:  # text_holdout or held-out contexts: the share that could move
         stats["movable"] = float(movable.mean())
     return new, stats

@@ -185,6 +185,9 @@ def test_text_holdout_moves_only_each_rounds_fold(
     assert moved_any
     rounds = pl.read_csv(tmp_path / "h/reports/rounds.csv")
     assert rounds.filter(pl.col("churn").is_not_null()).height == 2
+    # each refinement's movable share is its fold's
+    movable = rounds.filter(pl.col("churn").is_not_null())["movable"].to_list()
+    assert movable == pytest.approx([text_holdout(n, 0.5, r, seed).mean() for r in range(2)])
 
 
 def test_held_out_contexts_move_only_items_with_a_held_out_history(
@@ -224,3 +227,6 @@ def test_held_out_contexts_move_only_items_with_a_held_out_history(
         assert len({tuple(c) for c in maps[r + 1]}) == len(maps[r + 1])
         moved_any |= bool(moved.any())
     assert moved_any
+    # reports/rounds.csv: the share of the items a held-out history leads to, per refinement
+    movable = pl.read_csv(tmp_path / "c/reports/rounds.csv")["movable"].drop_nulls().to_list()
+    assert movable == pytest.approx([held.mean()] * 2)
