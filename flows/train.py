@@ -654,7 +654,6 @@ def _finish(
         "start": scalars_of(start),
     }
     atomic_write_json(paths.model_report(mode), report)
-    paths.rounds_csv(mode).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(pl.DataFrame(state.history), paths.rounds_csv(mode))
     recs = recommendations_frame(mode, dataset.eval_split("test"), ranked, dataset.item_ids())
     atomic_write_parquet(recs, paths.model_recommendations(mode))

@@ -183,11 +183,12 @@ def test_text_holdout_moves_only_each_rounds_fold(
         moved_any |= bool(moved.any())
         assert len({tuple(c) for c in maps[r + 1]}) == n
     assert moved_any
-    rounds = pl.read_csv(tmp_path / "h/reports/rounds.csv")
-    assert rounds.filter(pl.col("churn").is_not_null()).height == 2
+    refined = pl.read_csv(tmp_path / "h/reports/rounds.csv").filter(pl.col("churn").is_not_null())
+    assert refined.height == 2
     # each refinement's movable share is its fold's
-    movable = rounds.filter(pl.col("churn").is_not_null())["movable"].to_list()
-    assert movable == pytest.approx([text_holdout(n, 0.5, r, seed).mean() for r in range(2)])
+    assert refined["movable"].to_list() == pytest.approx(
+        [text_holdout(n, 0.5, r, seed).mean() for r in range(2)]
+    )
 
 
 def test_held_out_contexts_move_only_items_with_a_held_out_history(
