@@ -390,9 +390,9 @@ def print_tables(
     print()
     print(
         "| model | seed | round | churn | collisions before | valid ndcg@10 old -> new | "
-        "seqrec loss old -> new |"
+        "seqrec loss old -> new | text coherence, levels 0 / 0-1, old -> new |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for model in variants:
         for seed in seeds:
             for row in results[seed][model]["siit"]["rounds"]:
@@ -402,8 +402,21 @@ def print_tables(
                     f"| {model} | {seed} | {row['round']} | {row['churn']:.3f} | "
                     f"{row['collision_rate_before']:.3f} | "
                     f"{row['effect_valid_ndcg@10_old']:.4f} -> {row['effect_valid_ndcg@10_new']:.4f} | "
-                    f"{row['effect_seqrec_loss_old']:.3f} -> {row['effect_seqrec_loss_new']:.3f} |"
+                    f"{row['effect_seqrec_loss_old']:.3f} -> {row['effect_seqrec_loss_new']:.3f} | "
+                    f"{_coherence(row)} |"
                 )
+
+
+def _coherence(row: dict) -> str:
+    """A refinement's text coherence (siit.text_coherence), old -> new map, by prefix depth."""
+
+    def depths(when: str) -> str:
+        values = [row.get(f"text_coherence{when}_l{i}") for i in (0, 1)]
+        return " / ".join("–" if v is None else f"{v:.3f}" for v in values)
+
+    if "text_coherence_l0" not in row:
+        return "–"
+    return f"{depths('_before')} -> {depths('')}"
 
 
 def print_user_intervals(results: dict[int, dict], models: list[str], kind) -> None:

@@ -390,6 +390,13 @@ class SiitConfig(Strict):
         "drawn with train.seed) whose seqrec loss is scored with the old and the refined map; "
         "0 = every window",
     )
+    text_coherence: bool = Field(
+        True,
+        description="each refinement's text coherence before and after (how much identifiers "
+        "sharing a prefix are items of similar text; components.tokenizers.text_coherence), "
+        "in rounds.csv and MLflow: needs the items' text embeddings (tokenize.encoder), "
+        "computed once if the tokenize stage did not",
+    )
     retrain: bool = Field(
         False,
         description="train-refine-retrain: the co-trained rounds are a probe that makes the "

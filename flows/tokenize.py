@@ -19,6 +19,7 @@ from components.tokenizers import (
     TokenMap,
     fit_token_map,
     plot_code_usage,
+    text_coherence,
     validate_token_map,
 )
 from flows.common import embed_task, load_dataset_task, scalars
@@ -62,6 +63,8 @@ def tokenize_flow(params_file: str = "params.yaml", root: str = ".") -> str:
         with atomic_dir(paths.item_encoder):
             pass
     stats = token_map.metadata.get("stats", {})
+    if embeddings is not None:  # the map's order is the dataset's (validated above)
+        stats = {**stats, "text_coherence": text_coherence(token_map.codes, embeddings)}
     atomic_write_json(paths.reports / "tokenize.json", {"method": params.tokenize.method, **stats})
     plot_code_usage(token_map, paths.reports / "code_usage.png")
     with tracking.start_run(params.tracking, "tokenize", tags={"stage": "tokenize"}):

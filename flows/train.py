@@ -54,7 +54,7 @@ from components.siit.warm_start import (
     warm_start_record,
 )
 from components.thread_share import SHARE_ENV, ThreadShare
-from components.tokenizers import TokenMap, embed_texts, validate_token_map
+from components.tokenizers import TokenMap, embed_texts, text_coherence, validate_token_map
 from components.tokenizers.item_encoder import CONFIG_FILE as ENCODER_CONFIG
 from flows.common import (
     IO,
@@ -303,6 +303,11 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     session = build_session_task(
         dataset, initial, params, ckpt, state, warm.rec if warm else None, train_cfg, features
     )
+    # siit.text_coherence: the items' text embeddings, for the maps' coherence (rank 0 refines)
+    refining = mode == "siit" and probe_rounds > 1 and main
+    text_vectors = None
+    if refining and params.siit.text_coherence:
+        text_vectors = features if features is not None else embed_task(dataset, params, paths)
 
     def fresh_session(codes: np.ndarray) -> TrainingSession:
         """siit.retrain: static's start (seed, initialisation, schedule) on the final map."""
@@ -355,7 +360,17 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
                 session = fresh_session(session.codes)
             # explicit hand-back: Prefect may rebuild collection arguments of a task
             state, maps = round_task(
-                mode, r, schedule, probe_rounds, session, params, state, ckpt, maps, initial
+                mode,
+                r,
+                schedule,
+                probe_rounds,
+                session,
+                params,
+                state,
+                ckpt,
+                maps,
+                initial,
+                text_vectors,
             )
             distributed.broadcast_object(session.codes)  # the other ranks' map (torchrun)
         _follow_share(share)
@@ -454,11 +469,13 @@ def round_task(
     ckpt: RunCheckpoint,
     maps: dict[str, bytes],
     initial: TokenMap,
+    text_vectors: np.ndarray | None = None,
 ) -> tuple[RunState, dict[str, bytes]]:
     """One round: train (validating every epoch, the best model and map kept), refine (SIIT) and
     measure the refinement's immediate effect, checkpoint; a nested MLflow run. `schedule`:
     every round's epochs; the rounds from `probe_rounds` on (siit.retrain) train the fresh
-    model on the final map and refine nothing."""
+    model on the final map and refine nothing. `text_vectors` (the items' text embeddings):
+    the refinement's stats gain the old and the new map's text coherence."""
     logger = get_run_logger()
     retraining = r >= probe_rounds
     refines = mode == "siit" and r < probe_rounds - 1 and not state.converged
@@ -478,7 +495,11 @@ def round_task(
         if refines:
             loss_old = seqrec_loss_task(session, params.siit.effect_windows)
             session.step()
+            old_codes = session.codes.copy()
             new_codes, stats = refine_task(session, params, r)
+            if text_vectors is not None:
+                stats["text_coherence_before"] = text_coherence(old_codes, text_vectors)
+                stats["text_coherence"] = text_coherence(new_codes, text_vectors)
             session.item2id_holdout = None
             session.set_codes(new_codes)
             valid_new, ranked_new = evaluate_task(session, "valid")
@@ -521,6 +542,13 @@ def round_task(
                 len(loss_new.windows),
                 100 * loss_new.rescored_share,
             )
+            if text_vectors is not None:
+                logger.info(
+                    "round %d: text coherence by prefix depth %s -> %s",
+                    r,
+                    _rounded(stats["text_coherence_before"]),
+                    _rounded(stats["text_coherence"]),
+                )
         state.history.append(_flat_row(r, row))
         state.next_round = r + 1
         checkpoint_task(ckpt, state, session, maps, best)
@@ -595,9 +623,19 @@ def _flat_row(r: int, row: dict) -> dict:
             # the share of the items that could move (a mask: text_holdout, held-out contexts)
             **({"movable": stats["movable"]} if "movable" in stats else {}),
             **{f"entropy_l{i}": h for i, h in enumerate(stats["entropy_bits"])},
+            # siit.text_coherence: depth i = items sharing identifier levels 0..i
+            **{
+                f"text_coherence{when}_l{i}": v
+                for when in ("_before", "")
+                for i, v in enumerate(stats.get(f"text_coherence{when}", []))
+            },
             **{f"effect_{k}": v for k, v in row["effect"].items()},
         )
     return out
+
+
+def _rounded(values: list[float | None]) -> list[float | None]:
+    return [None if v is None else round(v, 4) for v in values]
 
 
 def _map_bytes(token_map: TokenMap) -> bytes:

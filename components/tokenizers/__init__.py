@@ -13,7 +13,7 @@ import numpy as np
 
 from components.config import TokenizeConfig
 from components.tokenizers.collisions import resolve_collisions
-from components.tokenizers.stats import token_map_stats
+from components.tokenizers.stats import text_coherence, token_map_stats
 from components.tokenizers.token_map import LEVEL_LETTERS, TokenMap, code_token
 from components.tokenizers.validation import TokenMapValidationError, validate_token_map
 
@@ -53,6 +53,7 @@ __all__ = [
     "embed_texts",
     "plot_code_usage",
     "resolve_collisions",
+    "text_coherence",
     "token_map_stats",
     "validate_token_map",
 ]

@@ -89,6 +89,31 @@ def test_the_paired_table_shows_the_last_epochs_validation_beside_the_best(bench
     assert "| +20.0% | +0.0200 [" in rows[("siit", "valid, last epoch")]  # refinement row skipped
 
 
+def test_the_immediate_effect_table_shows_text_coherence_where_the_run_measured_it(
+    bench, capsys
+) -> None:
+    measured = _report(0.18, 0.12, 0.11, refine=True)
+    measured["rounds"][1] |= {
+        "text_coherence_before_l0": 0.2,
+        "text_coherence_before_l1": 0.41,
+        "text_coherence_l0": 0.19,
+        "text_coherence_l1": None,  # no two items share levels 0-1 any more
+    }
+    results = {
+        1: {"static": {"static": _report(0.2, 0.1, 0.1)}, "siit": {"siit": measured}},
+        2: {  # siit.text_coherence off, or a run older than it
+            "static": {"static": _report(0.2, 0.1, 0.1)},
+            "siit": {"siit": _report(0.18, 0.12, 0.11, refine=True)},
+        },
+    }
+    bench.print_tables(results, {"siit": {}}, False)
+    effect = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| siit | ")
+    ][-2:]
+    assert effect[0].endswith("| 0.200 / 0.410 -> 0.190 / – |")
+    assert effect[1].endswith("| 2.000 -> 2.100 | – |")
+
+
 def test_the_cross_fitted_row_appears_when_every_run_has_it(bench, capsys) -> None:
     def results(cross: bool) -> dict:
         return {

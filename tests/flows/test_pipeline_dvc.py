@@ -36,7 +36,8 @@ TINY_PARAMS = {
         "item_rows_init": "random",
     },
     "train": {"epochs": 2, "batch_size": 32},
-    "siit": {"rounds": 1, "candidates": 4, "beam_size": 8},
+    # text_coherence: no sentence encoder either (tests/flows/test_train_siit.py turns it on)
+    "siit": {"rounds": 1, "candidates": 4, "beam_size": 8, "text_coherence": False},
     "evaluate": {"beam_size": 10, "top_k": 10},
 }
 

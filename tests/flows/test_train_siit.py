@@ -37,25 +37,39 @@ def prepared(
     return root, copy_prepared(tiny_prepared, root, {**os.environ, **prefect_env}, PARAMS)
 
 
-def _train(src: Path, dst: Path, env: dict[str, str]) -> dict:
-    """`siit train_siit`'s flow on a copy of `src`, in this process, on one thread (a tiny
-    model trains faster on one)."""
+def _train(src: Path, dst: Path, env: dict[str, str], siit: dict | None = None) -> dict:
+    """`siit train_siit`'s flow on a copy of `src` (`siit`: settings merged in), in this
+    process, on one thread (a tiny model trains faster on one)."""
     from flows.train import train_flow
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["train"]["threads"] = 1
+    params["siit"].update(siit or {})
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with flows_in(dst, env):
         train_flow(mode="siit", root=str(dst))
     return json.loads((dst / "reports/models/siit.json").read_text())
 
 
+class HashEncoder:
+    """A fake sentence encoder (no model to load): a fixed random vector per text."""
+
+    def encode(self, sentences: list[str], **kwargs: object) -> np.ndarray:
+        return np.stack(
+            [np.random.default_rng(list(s.encode())).normal(size=8) for s in sentences]
+        ).astype(np.float32)
+
+
 def test_context_signal_records_immediate_effect_and_best_epoch(
-    prepared: tuple[Path, dict[str, str]], tmp_path: Path
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from components.tokenizers import embed_texts, text_coherence
+    from components.tokenizers import embeddings as embeddings_module
+
+    monkeypatch.setattr(embeddings_module, "_load_encoder", lambda name: HashEncoder())
     root, env = prepared
-    report = _train(root, tmp_path / "a", env)
+    report = _train(root, tmp_path / "a", env, {"text_coherence": True})
     rounds = pl.read_csv(tmp_path / "a/reports/rounds.csv")
     assert rounds.get_column("epoch").to_list() == [1, 2, 3]
     refined = rounds.filter(pl.col("churn").is_not_null())
@@ -79,6 +93,21 @@ def test_context_signal_records_immediate_effect_and_best_epoch(
     for path in maps:
         codes = pl.read_parquet(path).select("c0", "c1", "c2").rows()
         assert len(set(codes)) == len(codes)  # a bijection every round
+    # siit.text_coherence: each refinement's old and new map, by prefix depth (levels 0, 0-1),
+    # from the items' text embeddings (the tokenize stage made none for random ids: embedded
+    # once by the train flow, into the project's cache)
+    texts = pl.read_parquet(tmp_path / "a/data/processed/items.parquet")
+    vectors = embed_texts(
+        texts.get_column("text").to_list(), "all-MiniLM-L6-v2", tmp_path / "a/data/embeddings"
+    )
+    by_map = [
+        text_coherence(pl.read_parquet(m).select("c0", "c1", "c2").to_numpy(), vectors)
+        for m in maps
+    ]
+    for r, row in enumerate(refined.iter_rows(named=True)):
+        for depth in (0, 1):
+            assert row[f"text_coherence_before_l{depth}"] == pytest.approx(by_map[r][depth])
+            assert row[f"text_coherence_l{depth}"] == pytest.approx(by_map[r + 1][depth])
     recs = pl.read_parquet(tmp_path / "a/reports/models/siit_recommendations_test.parquet")
     assert "target_item_id" in recs.columns
     # every validation the best model was chosen from, per user: the best candidate's ranks
