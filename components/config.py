@@ -377,6 +377,12 @@ class SiitConfig(Strict):
     candidates: int = Field(10, ge=1, description="top-B identifiers kept per item")
     beam_size: int = Field(20, ge=1)
     diversity: float = Field(1.0, ge=0, description="load-aware penalty strength; 0 = off")
+    diversity_scope: Literal["level", "prefix"] = Field(
+        "level",
+        description="what the load-aware penalty counts. level: each code's use on its level; "
+        "prefix: a code's use under the beam's prefix against an even share of that prefix's "
+        "items (items spread over a prefix's children; the same as level at the first level)",
+    )
     assignment: Literal["greedy", "exact"] = "greedy"
     max_churn: float = Field(
         1.0, gt=0, le=1, description="cap on the fraction of items changing per round"

@@ -11,6 +11,7 @@ once; its beams expand the decoder, over the decoder's cache.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -467,6 +468,7 @@ def constrained_beam_search(
     weights: torch.Tensor | None = None,
     fixed_prefix: torch.Tensor | None = None,
     shared_prompt: bool = True,
+    prefix_bias: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     score_tokens: torch.Tensor | None = None,
     steps_out: list | None = None,
 ) -> BeamResult:
@@ -477,6 +479,11 @@ def constrained_beam_search(
     expanded, so the top-k holds k items whenever that many are not excluded (beam >= top_k).
     level_bias: optional per-level float [K_l] added to the ranking score only (not to the
     returned log-probabilities), e.g. a load-aware penalty.
+    prefix_bias: optional `f(level, prefix)` -> float [groups, beams, K_level], a ranking bias
+    that depends on each beam's codes so far (long [groups, beams, level]), e.g. a penalty for
+    the load of each code under that prefix (`components.siit.refine.PrefixLoad`). Unlike
+    `level_bias` (each level's own, so it prunes beams but leaves the final ranking to the
+    last level's), it is summed along a beam's path and ranks the final identifiers too.
     groups: optional long [n_prompts], the group (0..G-1) of each prompt. The prompts of a
     group share their beams, and a beam's score is the weighted sum (`weights`, float
     [n_prompts], default 1) of its log-probability after each of them: e.g. an item's identifier
@@ -516,6 +523,7 @@ def constrained_beam_search(
     open_nodes = trie.to(device).open_nodes(exclude.to(device)) if exclude is not None else None
     nodes = torch.zeros((n_groups, 1), dtype=torch.long, device=device)
     scores = torch.zeros((n_groups, 1), device=device)
+    penalty = torch.zeros((n_groups, 1), device=device)  # prefix_bias so far, per beam
     codes = torch.zeros((n_groups, 1, 0), dtype=torch.long, device=device)
     group_rows = torch.arange(n_groups, device=device)[:, None, None]
     prompt_rows = torch.arange(batch, device=device)
@@ -539,6 +547,9 @@ def constrained_beam_search(
             valid &= (torch.arange(size, device=device) == given[:, None])[:, None, :]
         total = scores[..., None] + step
         rank = total if level_bias is None else total + level_bias[lvl].to(device)
+        if prefix_bias is not None:  # summed along each beam's path
+            path_bias = penalty[..., None] + prefix_bias(lvl, codes).to(device)
+            rank = rank + path_bias
         rank = rank.masked_fill(~valid, float("-inf")).view(n_groups, -1)
         width = min(top_k if lvl == levels - 1 else beam_size, rank.shape[1])
         best, idx = rank.topk(width, dim=-1)
@@ -549,6 +560,8 @@ def constrained_beam_search(
             .masked_fill(~torch.isfinite(best), float("-inf"))
         )
         nodes = child.view(n_groups, -1).gather(1, idx)
+        if prefix_bias is not None:
+            penalty = path_bias.expand_as(total).reshape(n_groups, -1).gather(1, idx)
         codes = torch.cat(
             [codes.gather(1, origin[..., None].expand(-1, -1, lvl)), code[..., None]], dim=-1
         )

@@ -25,7 +25,10 @@ histories predict more than any history does.
 The search may produce any well-formed identifier (any code at each level, the first
 `fixed_levels` codes kept), not only existing ones. A load-aware penalty steers it away
 from codes that are already over-used (diversity), and the assignment step keeps
-identifiers unique.
+identifiers unique. `diversity_scope: level` counts each code's use on its level alone, so
+items may crowd into a few two-level prefixes while every level's codes stay in use;
+`prefix` counts a code's use under the beam's own prefix, against an even share of that
+prefix's items (`PrefixLoad`; the same penalty as `level` at the first level).
 """
 
 from __future__ import annotations
@@ -58,6 +61,57 @@ def load_penalty(usage: np.ndarray, assigned: int, strength: float) -> np.ndarra
         return np.zeros_like(usage, dtype=np.float32)
     expected = max(assigned / len(usage), 1e-9)
     return (-strength * np.log1p(usage / expected)).astype(np.float32)
+
+
+class PrefixLoad:
+    """How many items placed so far (their favourite identifier) start with each prefix, and
+    the load-aware penalty of a code under a beam's prefix: -strength * log(1 + n(p, c) /
+    (n(p) / K)), n(p) the items under prefix p, n(p, c) those under p then code c, K the
+    level's codebook size. At the first level n(p) is every item placed, which is
+    `load_penalty`; below, a code is penalised for its share of its parent's items, so the
+    items of a prefix spread over its children. Counts are kept sparse (sorted keys)."""
+
+    def __init__(self, sizes: tuple[int, ...], strength: float) -> None:
+        if float(np.prod([float(k) for k in sizes])) >= 2.0**62:
+            raise ValueError(f"identifier space {sizes} too large for prefix keys")
+        self.sizes, self.strength = tuple(int(k) for k in sizes), strength
+        self.keys = [np.empty(0, dtype=np.int64) for _ in sizes]  # depth d+1 prefixes
+        self.counts = [np.empty(0, dtype=np.int64) for _ in sizes]
+        self.placed = 0
+
+    def _key(self, codes: np.ndarray) -> np.ndarray:
+        key = np.zeros(codes.shape[:-1], dtype=np.int64)
+        for level in range(codes.shape[-1]):
+            key = key * self.sizes[level] + codes[..., level]
+        return key
+
+    def add(self, codes: np.ndarray) -> None:
+        """Count the prefixes of these identifiers (int [n, L])."""
+        for depth in range(len(self.sizes)):
+            keys = np.concatenate([self.keys[depth], self._key(codes[:, : depth + 1])])
+            counts = np.concatenate([self.counts[depth], np.ones(len(codes), dtype=np.int64)])
+            self.keys[depth], inverse = np.unique(keys, return_inverse=True)
+            self.counts[depth] = np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
+        self.placed += len(codes)
+
+    def count(self, depth: int, keys: np.ndarray) -> np.ndarray:
+        """Items under each prefix of `depth` codes (int keys of any shape); 0 where none."""
+        if depth == 0:
+            return np.full(keys.shape, self.placed, dtype=np.int64)
+        known, counts = self.keys[depth - 1], self.counts[depth - 1]
+        if not len(known):
+            return np.zeros(keys.shape, dtype=np.int64)
+        at = np.searchsorted(known, keys).clip(max=len(known) - 1)
+        return np.where(known[at] == keys, counts[at], 0)
+
+    def bias(self, level: int, prefix: torch.Tensor) -> torch.Tensor:
+        """float [..., K_level]: the penalty of every code after each prefix (long [..., level])."""
+        parent = self._key(prefix.cpu().numpy())
+        size = self.sizes[level]
+        under = self.count(level + 1, parent[..., None] * size + np.arange(size))
+        expected = np.maximum(self.count(level, parent) / size, 1e-9)[..., None]
+        penalty = -self.strength * np.log1p(under / expected)
+        return torch.from_numpy(penalty.astype(np.float32)).to(prefix.device)
 
 
 def _next_item_positions(
@@ -246,6 +300,9 @@ def propose_identifiers(
     scores = np.full((n, width), -np.inf)
     current_scores = np.zeros(n)
     usage = [np.zeros(size) for size in rec.codebook_sizes]
+    load = PrefixLoad(rec.codebook_sizes, cfg.diversity)
+    prefix_scope = cfg.diversity > 0 and cfg.diversity_scope == "prefix"
+    level_scope = cfg.diversity > 0 and not prefix_scope
     # a random order, so no group of items systematically pays the penalty of earlier ones
     order = np.random.default_rng(seed).permutation(n)
     pad = rec.tokenizer.pad_token_id or 0
@@ -264,7 +321,8 @@ def propose_identifiers(
             beam_size=max(cfg.beam_size, width),
             top_k=width,
             pad_id=pad,
-            level_bias=bias if cfg.diversity > 0 else None,
+            level_bias=bias if level_scope else None,
+            prefix_bias=load.bias if prefix_scope else None,
             groups=groups_t,
             weights=weights_t,
             fixed_prefix=torch.from_numpy(current[rows, : cfg.fixed_levels])
@@ -280,6 +338,7 @@ def propose_identifiers(
         )
         for level in range(levels):  # the load the next batches see: each item's favourite
             np.add.at(usage[level], codes[rows, 0, level], 1)
+        load.add(codes[rows, 0])
     return Candidates(codes, scores, current_scores)
 
 

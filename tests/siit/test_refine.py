@@ -11,6 +11,7 @@ import torch
 from components.config import ModelConfig, SiitConfig
 from components.model.recommender import GenerativeRecommender
 from components.siit.refine import (
+    PrefixLoad,
     background_histories,
     held_out_contexts,
     load_penalty,
@@ -72,6 +73,45 @@ def test_diversity_penalty_spreads_first_level_codes(rec: GenerativeRecommender)
     assert used_spread > used_plain
     # scores are the model's log-probabilities, without the penalty
     assert (spread.scores[:, 0] <= 0).all()
+
+
+def test_prefix_load_counts_and_penalises_within_a_prefix() -> None:
+    load = PrefixLoad((4, 4, 4), 1.0)
+    first = torch.zeros((1, 1, 0), dtype=torch.long)
+    assert (load.bias(0, first) == 0).all()  # nothing placed yet
+    load.add(np.array([[0, 1, 2], [0, 1, 3], [0, 2, 0], [3, 0, 0]]))
+    # the first level is the per-level penalty
+    usage = np.array([3.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(load.bias(0, first)[0, 0].numpy(), load_penalty(usage, 4, 1.0))
+    # under prefix 0, code 1 holds 2 of its 3 items (an even share is 3/4), code 2 one
+    under_0 = load.bias(1, torch.tensor([[[0], [1]]])).numpy()
+    np.testing.assert_allclose(under_0[0, 0], -np.log1p(np.array([0, 2, 1, 0]) / 0.75), rtol=1e-6)
+    assert (under_0[0, 1] == 0).all()  # prefix 1 is empty: no penalty
+    # the last level penalises identifiers already taken under the same two-level prefix
+    last = load.bias(2, torch.tensor([[[0, 1]]])).numpy()[0, 0]
+    assert last[0] == 0 and last[1] == 0 and last[2] < 0 and last[2] == last[3]
+    assert load.count(2, np.array([0 * 4 + 1, 3 * 4 + 0, 1 * 4 + 1])).tolist() == [2, 1, 0]
+    with pytest.raises(ValueError, match="too large"):
+        PrefixLoad((2**21,) * 3, 1.0)
+
+
+def test_prefix_scope_spreads_items_over_two_level_prefixes(rec: GenerativeRecommender) -> None:
+    """The per-level penalty balances each level's codes; the prefix one balances the
+    children of each prefix, so more distinct two-level prefixes are used."""
+
+    def prefixes(scope: str) -> int:
+        cfg = SiitConfig(
+            candidates=3, diversity=50.0, diversity_scope=scope, batch_size=4, fixed_levels=1
+        )
+        cand = propose_identifiers(rec, texts(), crowded, cfg, 0)
+        assert (cand.codes[:, :, 0] == crowded[:, None, 0]).all()  # the fixed level is kept
+        return len({tuple(c) for c in cand.codes[:, 0, :2]})
+
+    crowded = current_codes()
+    crowded[:, 0] = np.arange(24) % 2  # two first-level codes, twelve items under each
+    level, prefix = prefixes("level"), prefixes("prefix")
+    assert prefix > level
+    assert prefix == 8  # 2 prefixes x 4 children, every one of them in use
 
 
 class _Rows:
