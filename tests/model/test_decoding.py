@@ -304,6 +304,36 @@ def test_a_fixed_prefix_is_kept_and_the_rest_searched_exactly(arch: str) -> None
         assert (res.codes[row].numpy() == expected).all()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_prefix_bias_is_summed_along_the_path_and_ranks_the_final_identifiers(
+    arch: str,
+) -> None:
+    """With a beam wide enough to be exact, the ranking is log-probability plus the sum of the
+    bias of every code given its prefix; the returned scores stay log-probabilities."""
+    model = tiny_lm(3, arch)
+    trie = PrefixTrie.unconstrained((K,) * LEVELS)
+    table = torch.randn((LEVELS, K, K), generator=torch.Generator().manual_seed(0))
+
+    def bias(level: int, prefix: torch.Tensor) -> torch.Tensor:  # depends on the last code
+        last = prefix[..., -1] if level else torch.zeros(prefix.shape[:-1], dtype=torch.long)
+        return 3.0 * table[level][last]
+
+    prompts = [[1, 2], [3, 4, 5]]
+    res = constrained_beam_search(
+        model, prompts, code_token_ids(), trie, beam_size=K**LEVELS, top_k=6, prefix_bias=bias
+    )
+    all_codes = np.array([[a, b, c] for a in range(K) for b in range(K) for c in range(K)])
+    t = 3.0 * table.numpy()
+    path = t[0, 0, all_codes[:, 0]] + t[1, all_codes[:, 0], all_codes[:, 1]]
+    path = path + t[2, all_codes[:, 1], all_codes[:, 2]]
+    for row, prompt in enumerate(prompts):
+        logp = brute_force_scores(model, prompt, all_codes)
+        expected = np.argsort(-(logp + path), kind="stable")[:6]
+        assert (res.codes[row].numpy() == all_codes[expected]).all()
+        np.testing.assert_allclose(res.scores[row].numpy(), logp[expected], rtol=1e-4, atol=1e-4)
+        assert not (res.codes[row].numpy() == all_codes[np.argsort(-logp)[:6]]).all()
+
+
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "llama-gqa"])
 def test_shared_prompt_cache_matches_transformers_cache(arch: str, lora: bool) -> None:
