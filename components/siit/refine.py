@@ -299,6 +299,7 @@ def propose_identifiers(
     codes = np.zeros((n, width, levels), dtype=np.int64)
     scores = np.full((n, width), -np.inf)
     current_scores = np.zeros(n)
+    # the load the next batches see (each placed item's favourite): per level or per prefix
     usage = [np.zeros(size) for size in rec.codebook_sizes]
     load = PrefixLoad(rec.codebook_sizes, cfg.diversity)
     prefix_scope = cfg.diversity > 0 and cfg.diversity_scope == "prefix"
@@ -311,7 +312,6 @@ def propose_identifiers(
         prompts, groups, weights = _scoring_rows(rows, builder, texts, contexts, cfg, background)
         groups_t = torch.tensor(groups)
         weights_t = torch.tensor(weights, dtype=torch.float32)
-        bias = [torch.from_numpy(load_penalty(u, start, cfg.diversity)) for u in usage]
         own = torch.from_numpy(builder.item_tokens[rows[groups_t.numpy()]])
         result = constrained_beam_search(
             rec.model,
@@ -321,7 +321,9 @@ def propose_identifiers(
             beam_size=max(cfg.beam_size, width),
             top_k=width,
             pad_id=pad,
-            level_bias=bias if level_scope else None,
+            level_bias=[torch.from_numpy(load_penalty(u, start, cfg.diversity)) for u in usage]
+            if level_scope
+            else None,
             prefix_bias=load.bias if prefix_scope else None,
             groups=groups_t,
             weights=weights_t,
@@ -336,9 +338,11 @@ def propose_identifiers(
         current_scores[rows] = (
             torch.zeros(len(rows)).index_add_(0, groups_t, per_prompt).double().numpy()
         )
-        for level in range(levels):  # the load the next batches see: each item's favourite
-            np.add.at(usage[level], codes[rows, 0, level], 1)
-        load.add(codes[rows, 0])
+        if level_scope:
+            for level in range(levels):
+                np.add.at(usage[level], codes[rows, 0, level], 1)
+        elif prefix_scope:
+            load.add(codes[rows, 0])
     return Candidates(codes, scores, current_scores)
 
 
