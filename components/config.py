@@ -383,7 +383,14 @@ class SiitConfig(Strict):
         "prefix: a code's use under the beam's prefix against an even share of that prefix's "
         "items (items spread over a prefix's children; the same as level at the first level)",
     )
-    assignment: Literal["greedy", "exact"] = "greedy"
+    assignment: Literal["greedy", "exact", "balanced"] = Field(
+        "greedy",
+        description="how the items' candidates become unique identifiers. greedy: best score "
+        "first; exact: the largest total score (bipartite matching); balanced: best first, each "
+        "candidate's score less the load penalty (siit.diversity, counted per prefix as "
+        "diversity_scope prefix does) of the identifiers already placed, so that items do not "
+        "crowd the prefixes they all prefer",
+    )
     max_churn: float = Field(
         1.0, gt=0, le=1, description="cap on the fraction of items changing per round"
     )

@@ -2,7 +2,8 @@
 
 Every item has B scored candidates plus its current identifier. Identifiers must stay
 unique; the total score is maximised best-first (greedy) or exactly (min-weight full
-bipartite matching). An item that finds no free candidate keeps its identifier: that is
+bipartite matching), or best-first with each candidate charged for the load of the
+identifiers already placed under its prefixes (balanced). An item that finds no free candidate keeps its identifier: that is
 always possible because the current map is a bijection (an item that took someone's
 current identifier gives it back and falls back to its own, recursively).
 """
@@ -30,9 +31,10 @@ def assign_identifiers(
     scores: np.ndarray,
     current_scores: np.ndarray,
     codebook_sizes: tuple[int, ...],
-    method: Literal["greedy", "exact"] = "greedy",
+    method: Literal["greedy", "exact", "balanced"] = "greedy",
     max_churn: float = 1.0,
     min_gain: float = 0.0,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """New codes [n, L]: unique, each an item's candidate or its current identifier.
 
@@ -40,7 +42,8 @@ def assign_identifiers(
     current_scores: [n], the model's score of each current identifier;
     max_churn caps the fraction of items whose identifier changes (largest gains first);
     min_gain: a candidate other than the current identifier needs a score at least this much
-    above the current one's.
+    above the current one's;
+    strength: the balanced method's load penalty (`siit.diversity`), see `_balanced`.
     """
     n, n_cand, _ = candidates.shape
     if min_gain > 0:
@@ -55,8 +58,12 @@ def assign_identifiers(
         choice = _greedy(keys, all_scores)
     elif method == "exact":
         choice = _exact(keys, all_scores)
+    elif method == "balanced":
+        choice = _balanced(all_codes, keys, all_scores, codebook_sizes, strength)
     else:
-        raise ValueError(f"unknown assignment method {method!r}; expected 'greedy' or 'exact'")
+        raise ValueError(
+            f"unknown assignment method {method!r}; expected 'greedy', 'exact' or 'balanced'"
+        )
     chosen = keys[np.arange(n), choice]
     changed = chosen != current_keys
     limit = int(np.floor(max_churn * n))
@@ -84,6 +91,68 @@ def _greedy(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
             continue
         choice[item] = cand
         taken.add(key)
+    unassigned = choice < 0
+    choice[unassigned] = width - 1
+    return _fall_back(choice, keys, unassigned)
+
+
+def _balanced(
+    codes: np.ndarray,
+    keys: np.ndarray,
+    scores: np.ndarray,
+    sizes: tuple[int, ...],
+    strength: float,
+) -> np.ndarray:
+    """Best-first like `_greedy`, on each candidate's score less the load penalty of the
+    identifiers placed so far: the sum over levels l of strength * log(1 + n(p, c_l) / (n(p) /
+    K_l)), p the candidate's first l codes, n(p) the items placed under p (at the first level,
+    all of them), n(p, c_l) those under p then c_l, K_l the level's codebook size: the penalty
+    `PrefixLoad` gives the beam search. The penalties change with every item placed, so each
+    step takes the pair of least cost under the counts of that moment. Items with no finite
+    candidate but their current identifier cannot move: they are placed first. Leftovers keep
+    their identifier; strength 0 is `_greedy`."""
+    if strength == 0:
+        return _greedy(keys, scores)
+    n, width, levels = codes.shape
+    choice = np.full(n, -1, dtype=np.int64)
+    flat_codes = codes.reshape(n * width, levels)
+    # per level, a dense id of every option's prefix down to that level, and its parent's
+    prefix = [
+        np.unique(_keys(flat_codes[:, : level + 1], sizes[: level + 1]), return_inverse=True)[1]
+        for level in range(levels)
+    ]
+    counts = [np.zeros(int(ids.max()) + 1) for ids in prefix]
+    placed = 0
+    key_of = keys.reshape(-1)
+    item_of = np.repeat(np.arange(n), width)
+    alive = np.isfinite(scores).reshape(-1)
+    base = -scores.reshape(-1)
+
+    def place(option: int) -> None:
+        nonlocal placed
+        item = int(item_of[option])
+        choice[item] = option - item * width
+        alive[item_of == item] = False
+        alive[key_of == key_of[option]] = False
+        for level in range(levels):
+            counts[level][prefix[level][option]] += 1
+        placed += 1
+
+    movable = np.isfinite(scores[:, :-1]).any(axis=1)
+    for item in np.flatnonzero(~movable & np.isfinite(scores[:, -1])):
+        option = item * width + width - 1
+        if alive[option]:
+            place(option)
+    alive &= movable[item_of]
+    while alive.any():
+        live = np.flatnonzero(alive)
+        cost = base[live].copy()
+        parent = np.full(len(live), float(placed))
+        for level in range(levels):
+            under = counts[level][prefix[level][live]]
+            cost += strength * np.log1p(under / np.maximum(parent / sizes[level], 1e-9))
+            parent = under
+        place(int(live[np.argmin(cost)]))
     unassigned = choice < 0
     choice[unassigned] = width - 1
     return _fall_back(choice, keys, unassigned)

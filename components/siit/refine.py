@@ -385,6 +385,7 @@ def refine_identifiers(
         method=cfg.assignment,
         max_churn=cfg.max_churn,
         min_gain=cfg.min_gain,
+        strength=cfg.diversity,
     )
     top1 = cand.codes[:, 0, :]
     kept = (new == current).all(axis=1)

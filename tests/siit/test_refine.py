@@ -11,6 +11,7 @@ import torch
 from components.config import ModelConfig, SiitConfig
 from components.model.recommender import GenerativeRecommender
 from components.siit.refine import (
+    Candidates,
     PrefixLoad,
     background_histories,
     held_out_contexts,
@@ -112,6 +113,27 @@ def test_prefix_scope_spreads_items_over_two_level_prefixes(rec: GenerativeRecom
     level, prefix = prefixes("level"), prefixes("prefix")
     assert prefix > level
     assert prefix == 8  # 2 prefixes x 4 children, every one of them in use
+
+
+def test_a_balanced_assignment_takes_the_configured_diversity(monkeypatch) -> None:
+    """refine_identifiers hands siit.diversity to the balanced assignment: items whose
+    favourites all share a first-level code spread over the others, and with no diversity
+    they crowd as the greedy assignment lets them."""
+    n = 8
+    current = np.stack([np.full(n, 3), np.arange(n), np.zeros(n, dtype=np.int64)], axis=1)
+    codes = np.stack([[(0, i, 0), (1 + i % 2, i, 0)] for i in range(n)])
+    cand = Candidates(codes, np.tile([-0.1, -0.3], (n, 1)), np.full(n, -5.0))
+    monkeypatch.setattr("components.siit.refine.propose_identifiers", lambda *args, **kwargs: cand)
+    fake = SimpleNamespace(codebook_sizes=(4, 8, 4))
+
+    def first_codes(**kw) -> list[int]:
+        cfg = SiitConfig(assignment="balanced", min_gain=0.0, **kw)
+        new, _ = refine_identifiers(fake, [""] * n, current, cfg, seed=0)
+        assert len({tuple(r) for r in new}) == n
+        return np.bincount(new[:, 0], minlength=4).tolist()
+
+    assert first_codes(diversity=1.0) == [3, 2, 3, 0]
+    assert first_codes(diversity=0.0) == [8, 0, 0, 0]
 
 
 class _Rows:
