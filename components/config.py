@@ -163,6 +163,18 @@ class ModelConfig(Strict):
         "champion's rows (on MovieLens: faster for two epochs, then 2.8% lower on validation, 5 seeds)",
     )
 
+    text_token: bool = Field(
+        False,
+        description="tiny Llama without item_inputs: every item2id prompt carries one more "
+        "input token, the item's own, whose row is its text embedding (tokenize.encoder) in "
+        "the principal components item_rows_init uses, fixed while training (never a target, "
+        "never in a history): the model reads each item's text as the sentence encoder does "
+        "besides its title's tokens, so what it proposes for an item's text follows the "
+        "items of similar text. For models whose identifiers are their only item "
+        "representation; a champion start is refused (the rows are one catalogue's); saved "
+        "with the model",
+    )
+
     @property
     def rows_from_text(self) -> bool:
         """Whether a model trained from scratch starts its item rows from the items' text
@@ -174,6 +186,18 @@ class ModelConfig(Strict):
         """Whether a model trained from scratch starts its identifier rows from the items'
         text (`code_rows_init: text`, tiny profile)."""
         return self.code_rows_init == "text" and self.profile == "tiny"
+
+    @model_validator(mode="after")
+    def _text_token_needs_a_tiny_llama(self) -> ModelConfig:
+        if self.text_token and not (
+            self.profile == "tiny" and self.architecture == "llama" and not self.item_inputs
+        ):
+            raise ValueError(
+                "model.text_token needs the tiny Llama without item input rows (model.profile "
+                f"tiny, model.architecture llama, model.item_inputs false; here {self.profile}, "
+                f"{self.architecture}, item_inputs {self.item_inputs})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:

@@ -146,6 +146,10 @@ def build_session_task(
             rec.init_item_rows(item_features)
         if item_features is not None and params.model.codes_from_text:
             rec.init_code_rows(item_features, token_map.codes)
+        if params.model.text_token:
+            if item_features is None:
+                raise ValueError("model.text_token: a fresh model needs the items' text embeddings")
+            rec.init_text_rows(item_features)
         rec.model.to(pick_device())
         codes = token_map.codes
     else:
@@ -297,7 +301,7 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
         embed_task(dataset, params, paths)  # the map's order
         if state is None
         and warm is None
-        and (params.model.rows_from_text or params.model.codes_from_text)
+        and (params.model.rows_from_text or params.model.codes_from_text or params.model.text_token)
         else None
     )
     session = build_session_task(
@@ -312,7 +316,9 @@ def train_flow(mode: Mode = "siit", params_file: str = "params.yaml", root: str 
     def fresh_session(codes: np.ndarray) -> TrainingSession:
         """siit.retrain: static's start (seed, initialisation, schedule) on the final map."""
         final = initial.with_codes(codes)
-        texts_needed = params.model.rows_from_text or params.model.codes_from_text
+        texts_needed = (
+            params.model.rows_from_text or params.model.codes_from_text or params.model.text_token
+        )
         feats = embed_task(dataset, params, paths) if texts_needed else None
         fresh = build_session_task(dataset, final, params, ckpt, None, None, train_cfg, feats)
         fresh.on_step = lambda: _follow_share(share)

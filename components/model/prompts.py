@@ -51,6 +51,7 @@ class PromptBuilder:
         max_text_tokens: int = 48,
         input_tokens: np.ndarray | None = None,
         histories: bool = True,
+        text_tokens: np.ndarray | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.item_tokens = np.asarray(item_tokens, dtype=np.int64)
@@ -63,6 +64,13 @@ class PromptBuilder:
                 "must have one row per item and one column per level"
             )
         self.max_text_tokens = max_text_tokens
+        # `model.text_token`: item i's item2id prompt starts with token text_tokens[i]
+        self.text_tokens = None if text_tokens is None else np.asarray(text_tokens, dtype=np.int64)
+        if self.text_tokens is not None and self.text_tokens.shape != (len(self.item_tokens),):
+            raise ValueError(
+                f"text tokens {self.text_tokens.shape} must be one per item "
+                f"({len(self.item_tokens)})"
+            )
         # False: a builder for the text tasks only (its rows need not be the catalogue's items)
         self.histories = histories
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -109,12 +117,20 @@ class PromptBuilder:
             )
 
     # item2id ------------------------------------------------------------------------
-    def item2id_prompt(self, text: str) -> list[int]:
+    def item2id_prompt(self, text: str, item_idx: int | None = None) -> list[int]:
+        """The item's text, then the cue for its identifier. With text tokens
+        (`model.text_token`) the item's own comes first: `item_idx` is then required."""
         body = self._encode(ITEM2ID_PREFIX + text)[: self.max_text_tokens]
-        return self.bos + body + self._item2id_suffix
+        if self.text_tokens is None:
+            return self.bos + body + self._item2id_suffix
+        if item_idx is None:
+            raise ValueError(
+                "this model reads each item's text row (model.text_token): say which item"
+            )
+        return self.bos + [int(self.text_tokens[item_idx])] + body + self._item2id_suffix
 
     def item2id(self, text: str, item_idx: int) -> Example:
-        prompt = self.item2id_prompt(text)
+        prompt = self.item2id_prompt(text, item_idx)
         target = self.identifier(item_idx)
         return Example(prompt + target, [IGNORE] * len(prompt) + target)
 

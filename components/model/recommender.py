@@ -55,6 +55,10 @@ class GenerativeRecommender:
     # model.item_inputs_in_head: which softmax covers the item rows: true both, "training"
     # the training loss only, false neither (`head.OutputHead` stops logits at item_input_base)
     item_inputs_in_head: bool | str = True
+    # model.text_token: vocabulary rows text_row_base + i are item i's text row, read in its
+    # item2id prompts only, fixed while training (`text_rows`); 0 items: none
+    text_rows: int = 0
+    text_row_base: int = 0
 
     def __post_init__(self) -> None:
         if self.architecture == "t5":  # gradients the same on any number of threads
@@ -84,7 +88,18 @@ class GenerativeRecommender:
             if self.item_inputs
             else None
         )
-        if self.profile == "tiny":  # the pretrained profile has no item rows: its head as is
+        self.model.siit_text_rows = (
+            slice(self.text_row_base, self.text_row_base + self.text_rows)
+            if self.text_rows
+            else None
+        )
+        if self.text_rows:  # never a target: the head stops before them
+            if self.item_inputs or self.profile != "tiny" or self.architecture != "llama":
+                raise ValueError(
+                    "text rows (model.text_token) need the tiny Llama without item input rows"
+                )
+            set_output_size(self.model, self.text_row_base, self.text_row_base)
+        elif self.profile == "tiny":  # the pretrained profile has no item rows: its head as is
             if not self.item_inputs or self.item_inputs_in_head is True:
                 set_output_size(self.model, None)
             else:
@@ -137,6 +152,14 @@ class GenerativeRecommender:
         `histories=False` prompts of the text tasks only, for any identifiers `codes` (e.g. a
         few new items' placeholders): such a builder refuses to write a history."""
         ids = self.item_tokens(codes)
+        text_tokens = None
+        if self.text_rows and histories:  # the catalogue's items: each its own text row
+            if len(ids) != self.text_rows:
+                raise ValueError(
+                    f"token map has {len(ids)} items, the model's text rows {self.text_rows} "
+                    "(model.text_token: one text row per catalogue item)"
+                )
+            text_tokens = self.text_row_base + np.arange(self.text_rows)
         return PromptBuilder(
             self.tokenizer,
             ids,
@@ -145,6 +168,7 @@ class GenerativeRecommender:
             if self.item_inputs and histories
             else None,
             histories=histories,
+            text_tokens=text_tokens,
         )
 
     def init_item_rows(self, features: np.ndarray) -> None:
@@ -166,6 +190,23 @@ class GenerativeRecommender:
         k = comps.shape[1]
         scale = rows[:, :k].double().std() / comps.std()
         rows[:, :k] = (comps * scale).to(rows.dtype)
+
+    def init_text_rows(self, features: np.ndarray) -> None:
+        """Set item i's text row (`model.text_token`) to `features[i]` (its text embedding) in
+        the features' principal components, scaled as `init_item_rows` scales them; the rest
+        of each row is zero, so the row is the text alone. The `Trainer` keeps the rows as
+        they are here."""
+        if not self.text_rows:
+            raise ValueError("init_text_rows: the model has no text rows (model.text_token)")
+        weight = self.model.get_input_embeddings().weight
+        rows = weight.data[self.text_row_base : self.text_row_base + self.text_rows]
+        comps = _components(features, self.text_rows, rows.shape[1], "init_text_rows")
+        spread = rows.double().std()
+        rows.zero_()
+        if comps is None:
+            return  # identical features: nothing to tell the items apart
+        k = comps.shape[1]
+        rows[:, :k] = (comps * (spread / comps.std())).to(rows.dtype)
 
     def init_code_rows(self, features: np.ndarray, codes: np.ndarray) -> None:
         """Start every identifier token's row (input and, tied, output) from the text of the
@@ -215,10 +256,16 @@ class GenerativeRecommender:
         identifiers); None: one item per text."""
         n_items = len(texts) if n_items is None else n_items
         if cfg.profile == "tiny":
-            if cfg.item_inputs and n_items <= 0:
-                raise ValueError("model.item_inputs needs at least one catalogue item (n_items)")
+            if (cfg.item_inputs or cfg.text_token) and n_items <= 0:
+                what = "model.item_inputs" if cfg.item_inputs else "model.text_token"
+                raise ValueError(f"{what} needs at least one catalogue item (n_items)")
             rec = cls._create_tiny(
-                cfg, codebook_sizes, texts, seed, n_items if cfg.item_inputs else 0
+                cfg,
+                codebook_sizes,
+                texts,
+                seed,
+                n_items if cfg.item_inputs else 0,
+                n_items if cfg.text_token else 0,
             )
         else:
             from components.model.pretrained import create_pretrained
@@ -240,6 +287,7 @@ class GenerativeRecommender:
         texts: list[str],
         seed: int,
         item_inputs: int = 0,
+        text_rows: int = 0,
     ) -> GenerativeRecommender:
         tokenizer = fit_text_tokenizer(list(texts) + template_texts(), cfg.text_vocab_size)
         tokenizer.add_tokens(
@@ -250,11 +298,13 @@ class GenerativeRecommender:
             "item_inputs": item_inputs,
             "item_input_base": len(tokenizer),
             "item_inputs_in_head": cfg.item_inputs_in_head,
+            "text_rows": text_rows,
+            "text_row_base": len(tokenizer) + item_inputs,
         }
         if cfg.architecture == "t5":
             return cls._create_t5(cfg, codebook_sizes, tokenizer, seed, items)
         config = LlamaConfig(
-            vocab_size=len(tokenizer) + item_inputs,
+            vocab_size=len(tokenizer) + item_inputs + text_rows,
             hidden_size=cfg.hidden_size,
             intermediate_size=cfg.intermediate_size,
             num_hidden_layers=cfg.num_layers,
@@ -320,6 +370,8 @@ class GenerativeRecommender:
                 "item_inputs": self.item_inputs,
                 "item_input_base": self.item_input_base,
                 "item_inputs_in_head": self.item_inputs_in_head,
+                "text_rows": self.text_rows,
+                "text_row_base": self.text_row_base,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -353,6 +405,8 @@ class GenerativeRecommender:
             item_input_base=int(meta.get("item_input_base", 0)),
             # saved before the setting existed: the head covers them
             item_inputs_in_head=meta.get("item_inputs_in_head", True),
+            text_rows=int(meta.get("text_rows", 0)),  # saved before them: none
+            text_row_base=int(meta.get("text_row_base", 0)),
         )
 
 

@@ -884,6 +884,12 @@ class Trainer:
             )
         params = [p for p in model.parameters() if p.requires_grad]
         self._params = list(model.parameters())
+        # `model.text_token`: the items' text rows stay as they are now (no gradient, no decay)
+        rows = getattr(model, "siit_text_rows", None)
+        self._fixed = None
+        if rows is not None:
+            weight = model.get_input_embeddings().weight
+            self._fixed = (weight, rows, weight.detach()[rows].clone())
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -932,8 +938,13 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             (loss * share).backward()
+            if self._fixed is not None and self._fixed[0].grad is not None:
+                self._fixed[0].grad[self._fixed[1]] = 0  # nor counted in the clipping norm
             torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip, foreach=True)
             self.optimizer.step()
+            if self._fixed is not None:  # undo the weight decay
+                with torch.no_grad():
+                    self._fixed[0][self._fixed[1]] = self._fixed[2]
             self.scheduler.step()
             loss_sum += loss.item() * batch.n_label_tokens
             label_tokens += batch.n_label_tokens

@@ -251,7 +251,7 @@ def _scoring_rows(
         text_w = 1.0 if not ctx else (1.0 - cfg.context_weight if cfg.signal == "mixed" else 0.0)
         ctx_w = (1.0 - text_w) / len(ctx) if ctx else 0.0
         if text_w > 0:
-            prompts.append(builder.item2id_prompt(texts[item]))
+            prompts.append(builder.item2id_prompt(texts[item], int(item)))
             groups.append(g)
             weights.append(text_w)
         for history in ctx:

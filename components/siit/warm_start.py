@@ -91,8 +91,14 @@ def incompatibility(folder: Path, params: Params, item_ids: list[str]) -> str | 
         theirs["model"].setdefault("code_softmax", False)  # and had whole-vocabulary softmax
         theirs["model"].setdefault("item_inputs", False)  # and read histories as identifiers
         theirs["model"].setdefault("item_inputs_in_head", True)  # a head over all rows
+        theirs["model"].setdefault("text_token", False)  # and no text rows
         theirs["model"]["item_inputs_in_head"] = trains_item_rows(
             theirs["model"]["item_inputs_in_head"]
+        )
+    if params.model.text_token:
+        return (
+            "model.text_token: the text rows are one catalogue's, fixed from its text; a "
+            "champion start is not supported (trains from scratch)"
         )
     differ = sorted(
         f"{section}.{key}"

@@ -260,3 +260,46 @@ def test_held_out_contexts_move_only_items_with_a_held_out_history(
     # reports/rounds.csv: the share of the items a held-out history leads to, per refinement
     movable = pl.read_csv(tmp_path / "c/reports/rounds.csv")["movable"].drop_nulls().to_list()
     assert movable == pytest.approx([held.mean()] * 2)
+
+
+def test_text_rows_stay_fixed_and_a_balanced_assignment_refines_through_the_flow(
+    prepared: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`model.text_token` on a model without item rows, the text signal cross-fitted and the
+    balanced assignment: the saved model's text rows are still the items' text embeddings'
+    principal components (8-dimensional fake embeddings: the rest of each row zero, as it
+    started), refinement moved items, and every map is a bijection."""
+    from components.model.recommender import GenerativeRecommender
+    from components.tokenizers import embeddings as embeddings_module
+
+    monkeypatch.setattr(embeddings_module, "_load_encoder", lambda name: HashEncoder())
+    root, env = prepared
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["model"].update({"item_inputs": False, "text_token": True})
+    params["train"].update({"item_loss": 0.0})
+    params["evaluate"].update({"item_weight": 0.0, "row_candidates": 0})
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    siit = {
+        "signal": "text",
+        "text_holdout": 0.5,
+        "free_candidates": True,
+        "assignment": "balanced",
+        "min_gain": 0.0,
+        "min_churn": 0.0,
+    }
+    _train(src, tmp_path / "t", env, siit)
+    out = tmp_path / "t"
+    maps = [
+        pl.read_parquet(p).select("c0", "c1", "c2").to_numpy()
+        for p in sorted((out / "artifacts/token_maps").glob("*.parquet"))
+    ]
+    n = len(maps[0])
+    assert all(len({tuple(c) for c in m}) == n for m in maps)
+    assert any((a != b).any() for a, b in zip(maps[:-1], maps[1:], strict=True))
+    rec = GenerativeRecommender.load(out / "artifacts/models/siit/model")
+    assert rec.text_rows == n and rec.item_inputs == 0
+    weight = rec.model.get_input_embeddings().weight.detach()
+    rows = weight[rec.text_row_base : rec.text_row_base + n]
+    assert (rows[:, 8:] == 0).all() and (rows[:, :8].abs().sum(1) > 0).all()

@@ -316,11 +316,19 @@ def test_incompatible_champions_are_refused_with_the_reason(tmp_path: Path) -> N
     assert incompatibility(champion, params, ids) is None
     bigger = _params(model={"hidden_size": 64})
     assert "model.hidden_size" in incompatibility(champion, bigger, ids)
+    # text rows are one catalogue's: never continued
+    text_rows = _params(model={"item_inputs": False, "text_token": True})
+    assert "model.text_token" in incompatibility(champion, text_rows, ids)
     # how a scratch model's item and identifier rows started binds nothing: either start
     # continues either
     for rows in ("random", "text"):
         for key in ("item_rows_init", "code_rows_init"):
             assert incompatibility(champion, _params(model={key: rows}), ids) is None
+    # a champion saved before text rows existed had none: it continues a run without them
+    record = json.loads((champion / RECORD_FILE).read_text())
+    del record["compatibility"]["model"]["text_token"]
+    (champion / RECORD_FILE).write_text(json.dumps(record))
+    assert incompatibility(champion, params, ids) is None
     other_ids = [f"x{i}" for i in range(20)]
     assert incompatibility(champion, params, other_ids).startswith("data fingerprint")
     (champion / RECORD_FILE).unlink()
