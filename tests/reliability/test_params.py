@@ -53,7 +53,7 @@ def _error(tmp_path: Path, text: str) -> str:
         ("model:\n  dropout: 1\n", "allowed: a number >= 0 and < 1"),
         (
             "siit:\n  assignment: fancy\n",
-            "siit.assignment: 'fancy' is not allowed: Input should be 'greedy' or 'exact'; allowed: one of greedy, exact",
+            "siit.assignment: 'fancy' is not allowed: Input should be 'greedy', 'exact' or 'balanced'; allowed: one of greedy, exact, balanced",
         ),
         ("tokenize:\n  rqvae_hidden: [64, x]\n", "tokenize.rqvae_hidden.1: 'x' is not allowed"),
         (
