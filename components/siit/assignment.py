@@ -1,11 +1,12 @@
 """Collision-free assignment of refined identifiers.
 
 Every item has B scored candidates plus its current identifier. Identifiers must stay
-unique; the total score is maximised best-first (greedy) or exactly (min-weight full
+unique; the total score is maximised best-first (greedy), exactly (min-weight full
 bipartite matching), or best-first with each candidate charged for the load of the
-identifiers already placed under its prefixes (balanced). An item that finds no free candidate keeps its identifier: that is
-always possible because the current map is a bijection (an item that took someone's
-current identifier gives it back and falls back to its own, recursively).
+identifiers already placed under its prefixes (balanced). An item that finds no free
+candidate keeps its identifier: that is always possible because the current map is a
+bijection (an item that took someone's current identifier gives it back and falls back to
+its own, recursively).
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def _balanced(
     n, width, levels = codes.shape
     choice = np.full(n, -1, dtype=np.int64)
     flat_codes = codes.reshape(n * width, levels)
-    # per level, a dense id of every option's prefix down to that level, and its parent's
+    # per level, a dense id of every option's prefix down to that level (its first level+1
+    # codes); a prefix's parent count is the level above's
     prefix = [
         np.unique(_keys(flat_codes[:, : level + 1], sizes[: level + 1]), return_inverse=True)[1]
         for level in range(levels)
