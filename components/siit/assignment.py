@@ -97,6 +97,16 @@ def _greedy(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return _fall_back(choice, keys, unassigned)
 
 
+def prefix_load_cost(
+    under: np.ndarray, parent: np.ndarray, size: int, strength: float
+) -> np.ndarray:
+    """The load-aware cost of a code: strength * log(1 + n(p, c) / (n(p) / K)), `under` the
+    items placed under prefix p then code c, `parent` those under p, `size` the level's K.
+    Zero for an unused code; the beam search's `PrefixLoad` and the balanced assignment both
+    charge it."""
+    return strength * np.log1p(under / np.maximum(parent / size, 1e-9))
+
+
 def _balanced(
     codes: np.ndarray,
     keys: np.ndarray,
@@ -152,7 +162,7 @@ def _balanced(
         parent = np.full(len(live), float(placed))
         for level in range(levels):
             under = counts[level][prefix[level][live]]
-            cost += strength * np.log1p(under / np.maximum(parent / sizes[level], 1e-9))
+            cost += prefix_load_cost(under, parent, sizes[level], strength)
             parent = under
         place(int(live[np.argmin(cost)]))
     unassigned = choice < 0

@@ -43,7 +43,7 @@ from components.model.decoding import PrefixTrie, constrained_beam_search, item_
 from components.model.prompts import PromptBuilder
 from components.model.recommender import GenerativeRecommender
 from components.progress import progress
-from components.siit.assignment import assign_identifiers
+from components.siit.assignment import assign_identifiers, prefix_load_cost
 from components.tokenizers import token_map_stats
 from components.tokenizers.collisions import collision_mask
 
@@ -109,8 +109,8 @@ class PrefixLoad:
         parent = self._key(prefix.cpu().numpy())
         size = self.sizes[level]
         under = self.count(level + 1, parent[..., None] * size + np.arange(size))
-        expected = np.maximum(self.count(level, parent) / size, 1e-9)[..., None]
-        penalty = -self.strength * np.log1p(under / expected)
+        parents = self.count(level, parent)[..., None]
+        penalty = -prefix_load_cost(under, parents, size, self.strength)
         return torch.from_numpy(penalty.astype(np.float32)).to(prefix.device)
 
 
